@@ -1,0 +1,149 @@
+"""Raw clips -> one audio feature vector per clip, from a self-supervised speech model (WavLM, HuBERT, wav2vec 2.0).
+
+    python -m src.features.extract_audio --videos DIR --model NAME --out input/<name>/features/<enc>.npz
+        [--layer L | --layers A-B] [--batch 8] [--device auto] [--no-pretrained] [--allow-failures]
+NAME is a Hugging Face model id (microsoft/wavlm-large) or a local folder with its config.json. The audio
+track is resampled to 16 kHz mono; the hidden states of one layer (or the mean over a layer range) are
+aggregated over time like the organisers' features (mean, std, 5 percentiles -> 7 x D).
+Layer 0 is the transformer's input, layer i the output of transformer block i. The default is the middle
+block: on these non-verbal vocalisations participants found middle, prosody-carrying layers better than
+the last.
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
+
+from src.errors import UserError, cli
+from src.features.aggregate import aggregate
+from src.features.extract_common import (WEIGHT_SEED, ClipError, add_common_args, check_args, choose_device,
+                                         run_extraction)
+
+SAMPLE_RATE = 16_000  # what all these speech models were trained on
+
+
+def build_model(name: str, pretrained: bool, device: torch.device):
+    """(model in eval mode on device, its feature extractor)."""
+    if name.startswith((".", "/")) and not Path(name).is_dir():
+        raise UserError(f"--model {name}: folder not found (expected a model id or a folder with config.json)")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {name}: no such model or config ({str(err).splitlines()[0]})") from None
+    torch.manual_seed(WEIGHT_SEED)
+    try:
+        model = AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(config)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {name}: cannot load weights ({str(err).splitlines()[0]}); "
+                        f"--no-pretrained uses random weights") from None
+    if model.main_input_name != "input_values":
+        raise UserError(f"--model {name}: a '{config.model_type}' model, not a speech model taking raw audio")
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(name)
+    except (OSError, ValueError):
+        # A bare config (tests, --no-pretrained from a folder) has no preprocessor file. Per-clip
+        # normalisation is what the large models expect; models with group-norm convolutions cannot use
+        # an attention mask, the others should.
+        extractor = Wav2Vec2FeatureExtractor(
+            do_normalize=True, return_attention_mask=getattr(config, "feat_extract_norm", "layer") == "layer")
+    return model.eval().to(device), extractor
+
+
+def parse_layers(args, n_layers: int) -> tuple[int, int]:
+    """--layer L / --layers A-B / default middle -> inclusive (first, last) index into hidden_states."""
+    if args.layer is not None and args.layers is not None:
+        raise UserError("give --layer or --layers, not both")
+    if args.layers is not None:
+        try:
+            first, last = (int(x) for x in args.layers.split("-"))
+        except ValueError:
+            raise UserError(f"--layers {args.layers}: expected A-B, e.g. 8-16") from None
+    else:
+        first = last = n_layers // 2 if args.layer is None else args.layer
+    if not 0 <= first <= last <= n_layers:
+        which = f"--layer {first}" if args.layers is None else f"--layers {args.layers}"
+        raise UserError(f"{which}: this model has layers 0..{n_layers}")
+    return first, last
+
+
+def read_audio(path) -> np.ndarray:
+    """float32 [samples]: the first audio track, 16 kHz mono; ClipError when absent or unreadable."""
+    chunks = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ClipError("no audio track")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            for frame in container.decode(container.streams.audio[0]):
+                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # flush
+    except av.FFmpegError as err:
+        raise ClipError(f"cannot decode ({err.strerror or err})") from None
+    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if len(wave) < SAMPLE_RATE // 10:
+        raise ClipError(f"audio track too short ({len(wave)} samples at 16 kHz)")
+    return wave
+
+
+def n_frames(n_samples: int, config) -> int:
+    """Frames the convolutional front end makes from n_samples (each conv: floor((L - k) / s) + 1)."""
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+        n_samples = (n_samples - kernel) // stride + 1
+    return n_samples
+
+
+@torch.inference_mode()
+def hidden_states(model, extractor, waves: list[np.ndarray], layers: tuple[int, int],
+                  device: torch.device) -> list[np.ndarray]:
+    """One float32 [T_i, D] per wave: the chosen layers' hidden states (averaged), padding frames cut off."""
+    inputs = extractor(waves, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt")
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    with warnings.catch_warnings():
+        # WavLM hands torch a bool padding mask next to a float position bias; torch warns about the mix on
+        # every call yet computes the right thing (a batch gives what one clip at a time gives; tested).
+        warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+        out = model(**inputs, output_hidden_states=True)
+    states = torch.stack(out.hidden_states[layers[0]:layers[1] + 1]).mean(0).float().cpu().numpy()
+    return [states[i, :n_frames(len(w), model.config)] for i, w in enumerate(waves)]
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, batch=8, batch_help="clips per forward pass (padded to the longest)")
+    parser.add_argument("--layer", type=int, help="one layer (default: the middle one)")
+    parser.add_argument("--layers", help="mean over an inclusive layer range, e.g. 8-16")
+    args = parser.parse_args(argv)
+    clips = check_args(args)
+    device = choose_device(args.device)
+    model, extractor = build_model(args.model, not args.no_pretrained, device)
+    layers = parse_layers(args, model.config.num_hidden_layers)
+    # Without an attention mask the padding would leak into the group-norm statistics and a clip's
+    # features would depend on its batch neighbours, so such models see one clip at a time.
+    batch = args.batch if extractor.return_attention_mask else 1
+    settings = {"kind": "audio", "model": args.model, "pretrained": not args.no_pretrained,
+                "layers": list(layers), "sample_rate": SAMPLE_RATE}
+
+    def embed(paths):
+        waves, failures = {}, {}
+        for path in paths:
+            try:
+                waves[path.name] = read_audio(path)
+            except ClipError as err:
+                failures[path.name] = str(err)
+        if not waves:
+            return {}, failures
+        states = hidden_states(model, extractor, list(waves.values()), layers, device)
+        return {name: aggregate(s) for name, s in zip(waves, states)}, failures
+
+    return run_extraction(clips, args.out, settings, embed, group=batch, allow_failures=args.allow_failures)
+
+
+if __name__ == "__main__":
+    main()

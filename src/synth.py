@@ -1,0 +1,215 @@
+"""The embedded synthetic BlEmoRe: a deterministic stand-in with the real data's structure and difficulties.
+
+    python -m src.synth --out input/synthetic [--seed 0] [--full-size]
+
+Structure (as the real data): 47 train actors in 5 actor-disjoint folds, 54 clips each (20 singles at
+int1..int4, 4 neutral sit1..4, 10 pairs x 3 ratios), ~3% of train clips dropped (2,456 left), official
+train file names; 11 test actors x 54 = 594 clips named test_0001.mov.. in shuffled order; test_labels.csv;
+submission_template.json. Encoders: the organisers' seven, at modest widths (default) or the real
+aggregated widths (--full-size). Each encoder file holds 7 blocks like the organisers' aggregation:
+mean, std and 10/25/50/75/90th percentiles of a per-clip frame distribution.
+
+Signal model, and why (each item is something the real task makes hard):
+- Expression: a clip's emotion coefficients are its salience vector (0.7/0.3 for a 70/30 blend, one-hot
+  for a single) times an amplitude that grows with intensity (int1 is faint), so ratio and intensity
+  both shape the features.
+- Actors: each actor bends salience (w -> w^gamma, gamma per actor: some actors flatten a 70/30, others
+  exaggerate it), has a per-emotion gain, a private offset and a private linear distortion of the
+  expression space. Unseen actors are therefore harder than seen ones, and the best 50/50-vs-70/30
+  threshold varies between folds.
+- Encoders: each has its own sensitivity per emotion (audio strong on anger, happiness, sadness; face on
+  disgust and happiness; OpenFace and Video Swin weak) and its own noise. HuBERT/WavLM share most of
+  their signal and noise (largely redundant), as do CLIP/ImageBind.
+- Modality failure: per clip, audio fails with probability P_FAIL['audio'] (no vocalisation) and video
+  with P_FAIL['video'] (face turned away); that modality's encoders then carry noise only for the clip.
+  A per-clip choice of encoders can skip them; a fixed one cannot.
+- Test shift: for the encoders in SHIFTED, the test actors' features get a feature-wise affine change
+  (recording conditions), which second-order alignment such as CORAL can reduce.
+- Noise everywhere, calibrated so the organisers' baseline protocol (exp010) reaches real-like figures.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.errors import cli
+from src.features.aggregate import PERCENTILES
+from src.io import write_csv, write_json, write_npz
+from src.labels import BLEND_EMOTIONS, BLEND_RATIOS, CONFIG_INDEX, EMOTIONS, SALIENCE, config_entries
+
+# encoder -> (modality, width before aggregation (default, full-size), noise, sensitivity per EMOTIONS)
+ENCODERS = {
+    "openface":             ("video", (12, 49),   1.5, (0.6, 0.9, 0.5, 1.0, 0.4, 0.5)),
+    "clip":                 ("video", (24, 512),  1.1, (0.5, 0.7, 0.5, 0.9, 0.5, 0.5)),
+    "imagebind":            ("video", (32, 1024), 1.0, (0.6, 0.7, 0.6, 0.9, 0.6, 0.5)),
+    "videomae":             ("video", (40, 1408), 0.9, (0.8, 0.8, 0.8, 0.8, 0.7, 0.6)),
+    "videoswintransformer": ("video", (32, 1024), 1.3, (0.5, 0.6, 0.5, 0.7, 0.5, 0.5)),
+    "hubert":               ("audio", (32, 1024), 1.0, (1.0, 0.4, 0.8, 0.9, 1.0, 0.4)),
+    "wavlm":                ("audio", (32, 1024), 0.9, (1.0, 0.4, 0.8, 0.9, 1.0, 0.4)),
+}
+# Pairs that share most of their signal and noise: the second is the first plus a little of its own.
+REDUNDANT = {"wavlm": "hubert", "imagebind": "clip"}
+SHIFTED = ("clip", "videomae", "hubert")
+P_FAIL = {"audio": 0.2, "video": 0.1}
+LATENT = 16                     # dimension of the expression space each modality sees
+INTENSITY = (0.55, 0.75, 0.9, 1.05)  # amplitude of int1..int4
+ACTOR_STYLE = 0.6               # scale of the actors' private offsets
+SIGNAL = 1.5                    # overall signal strength against the noise
+N_TRAIN_ACTORS, N_TEST_ACTORS, N_FOLDS = 47, 11, 5
+N_DROPPED = 47 * 54 - 2456      # the real train set lacks 82 of its 2,538 clips
+
+
+def clip_names(actor: str) -> list[str]:
+    """The 54 official clip names of one actor, in a fixed order."""
+    names = [f"{actor}_{e}_int{i}_ver1" for e in BLEND_EMOTIONS for i in range(1, 5)]
+    names += [f"{actor}_neu_sit{i}_ver1" for i in range(1, 5)]
+    for i, a in enumerate(BLEND_EMOTIONS):
+        for b in BLEND_EMOTIONS[i + 1:]:
+            names += [f"{actor}_mix_{a}_{b}_{sa}_{sb}_ver1" for sa, sb in BLEND_RATIOS]
+    return names
+
+
+def clip_label(name: str):
+    """(configuration index, amplitude rule) straight from the generator's own names."""
+    parts = name.split("_")
+    if parts[1] == "mix":
+        return CONFIG_INDEX[frozenset(((parts[2], int(parts[4])), (parts[3], int(parts[5]))))], None
+    level = parts[2]
+    return CONFIG_INDEX[frozenset(((parts[1], 100),))], (int(level[3]) if level.startswith("int") else 0)
+
+
+def label_columns(configs: np.ndarray) -> pd.DataFrame:
+    rows = []
+    for c in configs:
+        entries = config_entries(int(c))
+        (e1, s1), (e2, s2) = entries[0], (entries[1] if len(entries) > 1 else ("", ""))
+        rows.append({"mix": int(len(entries) == 2), "emotion_1": e1, "emotion_2": e2,
+                     "emotion_1_salience": s1 if e2 else "", "emotion_2_salience": s2})
+    return pd.DataFrame(rows)
+
+
+def emotion_coefficients(rng, configs, levels, actor_idx, n_actors):
+    """[N, 6] per-clip coefficients: salience bent by the actor, times amplitude and the actor's gains."""
+    gamma = np.exp(rng.normal(0, 0.35, n_actors))
+    gain = np.exp(rng.normal(0, 0.3, (n_actors, len(EMOTIONS))))
+    sal = SALIENCE[configs].astype(np.float64)
+    bent = np.where(sal > 0, sal, 0.0) ** gamma[actor_idx, None]
+    bent = bent / bent.sum(1, keepdims=True)
+    amp = np.where(levels > 0, np.array((0,) + INTENSITY)[levels], 0.0)
+    amp = np.where(levels < 0, rng.uniform(0.7, 1.0, len(levels)), amp)  # blends
+    amp = np.where(levels == 0, rng.uniform(0.4, 0.7, len(levels)), amp)  # neutral situations
+    return bent * amp[:, None] * gain[actor_idx]
+
+
+def generate(seed: int = 0, full_size: bool = False, n_train_actors: int = N_TRAIN_ACTORS,
+             n_test_actors: int = N_TEST_ACTORS, n_folds: int = N_FOLDS, n_dropped: int | None = None,
+             width_scale: float = 1.0):
+    """All tables and feature matrices of one synthetic dataset, as plain objects."""
+    rng = np.random.default_rng(seed)
+    n_actors = n_train_actors + n_test_actors
+    actor_ids = [f"A{n}" for n in rng.choice(np.arange(100, 1000), n_actors, replace=False)]
+    names, actor_idx = [], []
+    for a, actor in enumerate(actor_ids):
+        names += clip_names(actor)
+        actor_idx += [a] * 54
+    names, actor_idx = np.array(names), np.array(actor_idx)
+    is_test = actor_idx >= n_train_actors
+    if n_dropped is None:
+        n_dropped = round(N_DROPPED * n_train_actors / N_TRAIN_ACTORS)
+    keep = np.ones(len(names), bool)
+    keep[rng.choice(np.flatnonzero(~is_test), n_dropped, replace=False)] = False
+    names, actor_idx, is_test = names[keep], actor_idx[keep], is_test[keep]
+    configs, levels = zip(*(clip_label(n) for n in names))
+    configs = np.array(configs)
+    levels = np.array([-1 if lv is None else lv for lv in levels])
+
+    coef = emotion_coefficients(rng, configs, levels, actor_idx, n_actors)
+    failed = {m: rng.random(len(names)) < p for m, p in P_FAIL.items()}
+    features, views = {}, {}
+    for modality in ("video", "audio"):
+        protos = rng.normal(0, 1, (len(EMOTIONS), LATENT))
+        distort = np.eye(LATENT) + 0.35 * rng.normal(0, 1, (n_actors, LATENT, LATENT)) / np.sqrt(LATENT)
+        offset = ACTOR_STYLE * rng.normal(0, 1, (n_actors, LATENT))
+        views[modality] = (protos, distort, offset, rng.normal(0, 0.6, (len(names), LATENT)))
+    for enc, (modality, widths, noise, sens) in ENCODERS.items():
+        protos, distort, offset, shared_noise = views[modality]
+        z = (coef * np.array(sens)) @ protos * SIGNAL
+        z = np.einsum("nij,nj->ni", distort[actor_idx], z) + offset[actor_idx] + shared_noise
+        private = rng.normal(0, noise, z.shape)
+        if enc in REDUNDANT:  # mostly the partner's latent, with its noise
+            z, private = features[REDUNDANT[enc]][0] * 0.9 + 0.1 * z, private * 0.5
+        z = z + private
+        z = np.where(failed[modality][:, None], rng.normal(0, 1.5, z.shape), z)
+        features[enc] = (z, modality)
+    out = {}
+    for enc, (z, modality) in features.items():
+        width = max(2, int(round(ENCODERS[enc][1][1 if full_size else 0] * width_scale)))
+        out[enc] = frame_statistics(rng, z, width, shifted=is_test if enc in SHIFTED else None)
+    return dict(names=names, actor_ids=actor_ids, actor_idx=actor_idx, is_test=is_test, configs=configs,
+                features=out, n_folds=n_folds, rng=rng, train_actors=actor_ids[:n_train_actors])
+
+
+def frame_statistics(rng, z: np.ndarray, width: int, shifted=None) -> np.ndarray:
+    """Latent [N, L] -> float32 [N, 7 * width]: mean, std, percentiles of a clip's frame distribution."""
+    W = rng.normal(0, 1 / np.sqrt(z.shape[1]), (z.shape[1], width))
+    V = rng.normal(0, 1 / np.sqrt(z.shape[1]), (z.shape[1], width))
+    mean = np.tanh(z @ W) + rng.normal(0, 0.3, (len(z), width))
+    spread = 0.4 + 0.3 * np.abs(np.tanh(z @ V))
+    quantiles = np.array([-1.2816, -0.6745, 0.0, 0.6745, 1.2816])  # standard normal at PERCENTILES
+    assert len(quantiles) == len(PERCENTILES)
+    blocks = [mean, spread] + [mean + q * spread for q in quantiles]
+    X = np.concatenate(blocks, axis=1) + rng.normal(0, 0.05, (len(z), 7 * width))
+    if shifted is not None:  # recording shift on the test actors: per-feature gain and offset
+        gain = np.exp(rng.normal(0, 0.25, X.shape[1]))
+        bias = rng.normal(0, 0.5, X.shape[1]) * X.std(0)
+        X[shifted] = X[shifted] * gain + bias
+    return X.astype(np.float32)
+
+
+def write(out: Path, seed: int = 0, full_size: bool = False, **kwargs) -> Path:
+    """Write a dataset folder following the contract; returns its path."""
+    out = Path(out)
+    g = generate(seed, full_size, **kwargs)
+    rng, names, is_test = g["rng"], g["names"], g["is_test"]
+    fold_of_actor = {a: i % g["n_folds"] for i, a in enumerate(rng.permutation(g["train_actors"]))}
+
+    tr = np.flatnonzero(~is_test)
+    train = pd.DataFrame({"filename": names[tr],
+                          "fold": [fold_of_actor[n.split("_")[0]] for n in names[tr]]})
+    train = pd.concat([train, label_columns(g["configs"][tr])], axis=1).sort_values("filename")
+    te = rng.permutation(np.flatnonzero(is_test))  # test order unrelated to actors
+    test_names = np.array([f"test_{i + 1:04d}.mov" for i in range(len(te))])
+    test_labels = pd.concat([pd.DataFrame({"filename": test_names}), label_columns(g["configs"][te])], axis=1)
+
+    write_csv(out / "train_metadata.csv", train)
+    write_csv(out / "test_metadata.csv", test_labels[["filename"]])
+    write_csv(out / "test_labels.csv", test_labels)
+    # the template holds random legal labels, like the organisers' CodaBench template
+    template = {n: [{"emotion": e, "salience": float(s) if s == 100 else s}
+                    for e, s in config_entries(int(rng.integers(0, 36)))] for n in test_names}
+    write_json(out / "submission_template.json", {"predictions": template})
+    # feature rows: train clips under their own names, test clips under test_XXXX (no extension)
+    row_names = np.concatenate([names[tr], [n[:-4] for n in test_names]])
+    for enc, X in g["features"].items():
+        write_npz(out / "features" / f"{enc}.npz", X=np.concatenate([X[tr], X[te]]), filenames=row_names)
+    return out
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write the synthetic BlEmoRe dataset.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--full-size", action="store_true", help="the real aggregated encoder widths")
+    args = parser.parse_args(argv)
+    write(args.out, args.seed, args.full_size)
+    meta = pd.read_csv(args.out / "train_metadata.csv")
+    print(f"wrote {args.out}: {len(meta)} train clips in {meta['fold'].nunique()} folds, "
+          f"{len(pd.read_csv(args.out / 'test_metadata.csv'))} test clips, {len(ENCODERS)} encoders")
+
+
+if __name__ == "__main__":
+    main()

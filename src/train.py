@@ -1,0 +1,201 @@
+"""One fold model: inputs fitted on the training rows, a model trained in memory, predictions for valid + test.
+
+Row indices address the dataset's feature matrices: train clips first (0..n_train-1), then test clips.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from src.coral import coral_loss
+from src.data import Dataset
+from src.labels import IS_BLEND, PRESENCE, SALIENCE
+from src.models.fusion import FusionNet
+from src.models.mlp import MLP
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed random, numpy and torch; returns a CPU generator for batch order, targets and selection draws."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        from src.errors import UserError
+        raise UserError("train.device: cuda requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def configure_torch(num_threads: int, device: torch.device) -> None:
+    torch.set_num_threads(num_threads or torch.get_num_threads())
+    # Bit-identical reruns on CPU; on GPU some kernels stay nondeterministic (logged by the pipeline).
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=False)
+
+
+def standardize(X: np.ndarray, fit_rows: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Z-score with mean/std of the training rows where the encoder is present; missing rows stay 0."""
+    rows = fit_rows[present[fit_rows]]
+    mean, std = X[rows].mean(0), X[rows].std(0)
+    return np.where(present[:, None], (X - mean) / np.where(std > 1e-8, std, 1.0), 0.0).astype(np.float32)
+
+
+@dataclass
+class FoldInputs:
+    xs: list[torch.Tensor]      # per input block, float [N_all, D]
+    available: torch.Tensor     # bool [N_all, E]
+    targets: dict               # salience, presence: float [N_train, 6]
+
+
+def build_inputs(ds: Dataset, encoders: list[str], train_rows: np.ndarray, concat: bool, device) -> FoldInputs:
+    blocks = [standardize(ds.features[e], train_rows, ds.present[e]) for e in encoders]
+    if concat:
+        blocks = [np.concatenate(blocks, 1)]
+    available = np.stack([ds.present[e] for e in encoders], 1)
+    targets = {"salience": torch.from_numpy(SALIENCE[ds.labels]).to(device),
+               "presence": torch.from_numpy(PRESENCE[ds.labels]).to(device)}
+    return FoldInputs([torch.from_numpy(b).to(device) for b in blocks], torch.from_numpy(available).to(device), targets)
+
+
+def batches(n: int, size: int, generator: torch.Generator):
+    order = torch.randperm(n, generator=generator)
+    return [order[i:i + size] for i in range(0, n, size)]
+
+
+def evaluate_loss(model, inp: FoldInputs, rows: np.ndarray, batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            idx = torch.as_tensor(rows[i:i + batch_size], device=inp.available.device)
+            out = model([x[idx] for x in inp.xs], inp.available[idx])
+            total += float(model.loss(out, {k: v[idx] for k, v in inp.targets.items()})) * len(idx)
+    return total / len(rows)
+
+
+def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: torch.Generator,
+                target_rows: np.ndarray | None = None, valid_rows: np.ndarray | None = None):
+    """AdamW/Adam over shuffled index batches; CORAL against target rows when adapt.coral_weight > 0.
+
+    target_rows are unlabeled: only their features are read. valid_rows are used for early stopping on
+    the validation LOSS only, and only when train.early_stopping is on.
+    """
+    t = cfg.train
+    device = inp.available.device
+    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t.epochs, 1)) if t.schedule == "cosine" else None
+    coral_w = cfg.adapt.coral_weight
+    on_projections = cfg.adapt.coral_on == "fused_and_projections"
+    train_rows_t = torch.as_tensor(train_rows, device=device)
+    best, best_loss, waited = None, float("inf"), 0
+    for _ in range(t.epochs):
+        model.train()
+        for b in batches(len(train_rows), t.batch_size, generator):
+            if len(b) < 2:
+                continue  # covariance and batch statistics need two rows
+            idx = train_rows_t[b.to(device)]
+            out = model([x[idx] for x in inp.xs], inp.available[idx], generator)
+            loss = model.loss(out, {k: v[idx] for k, v in inp.targets.items()})
+            if coral_w > 0 and target_rows is not None:
+                pick = torch.randint(len(target_rows), (len(b),), generator=generator)
+                tidx = torch.as_tensor(target_rows, device=device)[pick.to(device)]
+                tout = model([x[tidx] for x in inp.xs], inp.available[tidx], generator)
+                align = coral_loss(out["fused"], tout["fused"])
+                if on_projections:
+                    align = align + sum(coral_loss(out["projections"][:, e], tout["projections"][:, e])
+                                        for e in range(out["projections"].shape[1]))
+                loss = loss + coral_w * align
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+        if t.early_stopping and valid_rows is not None and len(valid_rows):
+            val = evaluate_loss(model, inp, valid_rows, 512)
+            if val < best_loss - 1e-6:
+                best, best_loss, waited = {k: v.detach().clone() for k, v in model.state_dict().items()}, val, 0
+            else:
+                waited += 1
+                if waited >= t.patience:
+                    break
+    if best is not None:
+        model.load_state_dict(best)
+    return model
+
+
+def predict(model, inp: FoldInputs, rows: np.ndarray, generator: torch.Generator, batch_size: int = 512) -> dict:
+    """Model outputs for rows -> dict of float arrays [len(rows), ...]."""
+    model.eval()
+    parts: dict[str, list] = {}
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            idx = torch.as_tensor(rows[i:i + batch_size], device=inp.available.device)
+            out = model([x[idx] for x in inp.xs], inp.available[idx], generator)
+            for k, v in model.outputs(out).items():
+                parts.setdefault(k, []).append(v.float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def prior_parts(ds: Dataset, kind: str, train_rows: np.ndarray, rows: np.ndarray) -> dict:
+    """The organisers' trivial baselines: the most frequent single, or blend with its most frequent ratio."""
+    counts = np.bincount(ds.labels[train_rows], minlength=len(IS_BLEND)).astype(float)
+    counts[IS_BLEND if kind == "most_frequent_single" else ~IS_BLEND] = -1
+    # ties go to the lowest configuration index, so the choice is deterministic
+    return {"prob": np.repeat(SALIENCE[int(np.argmax(counts))][None], len(rows), 0)}
+
+
+def build_model(cfg, widths: list[int], fixed=None):
+    m = cfg.model
+    if m.name == "mlp":
+        return MLP(sum(widths), m.hidden, m.dropout)
+    return FusionNet(widths, m.shared_dim, m.fused_dim, m.gate_heads, m.top_n, m.selection, m.heads,
+                     m.dropout, m.encoder_dropout, fixed)
+
+
+def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed: int, device, prior=None):
+    """Train one fold model; returns (valid parts, test parts, state_dict or None, extras).
+
+    Parts are dicts of arrays: prob or presence/salience [n, 6], gate [n, E] for the fusion model.
+    """
+    test_rows = ds.test_rows
+    if prior is not None:
+        return prior_parts(ds, prior, train_rows, valid_rows), prior_parts(ds, prior, train_rows, test_rows), None, {}
+    generator = seed_everything(seed)
+    concat = cfg.model.name == "mlp"
+    inp = build_inputs(ds, encoders, train_rows, concat, device)
+    widths = [x.shape[1] for x in inp.xs]
+    # CORAL targets: clips this model is not trained on (its validation fold and the test set), features only
+    target_rows = np.concatenate([valid_rows, test_rows])
+    early = valid_rows if cfg.train.early_stopping else None
+    extras = {}
+    fixed = None
+    if cfg.model.name == "fusion" and cfg.model.selection == "fixed":
+        # the control: pick the n encoders with the highest mean gate of a learned-selection model,
+        # trained and measured on this fold's training rows only
+        probe = build_model(cfg, widths).to(device)
+        probe.selection = "learned"
+        train_model(probe, inp, train_rows, cfg, generator, target_rows, early)
+        mean_gate = predict(probe, inp, train_rows, generator)["gate"].mean(0)
+        fixed = torch.zeros(len(encoders), dtype=torch.bool)
+        fixed[np.argsort(-mean_gate, kind="stable")[:probe.top_n]] = True
+        extras["fixed_encoders"] = [encoders[i] for i in np.flatnonzero(fixed.numpy())]
+        generator = seed_everything(seed + 7919)  # the retrained model starts from a fresh draw
+    model = build_model(cfg, widths, fixed).to(device)
+    train_model(model, inp, train_rows, cfg, generator, target_rows, early)
+    valid = predict(model, inp, valid_rows, generator)
+    test = predict(model, inp, test_rows, generator)
+    if cfg.model.name == "fusion":
+        with torch.no_grad():
+            model.eval()
+            idx = torch.as_tensor(valid_rows, device=device)
+            proj = model([x[idx] for x in inp.xs], inp.available[idx], generator)["projections"]
+        extras["projections"] = proj.cpu().numpy().astype(np.float16)  # [n_valid, E, S] for CKA analysis
+    return valid, test, {k: v.cpu() for k, v in model.state_dict().items()}, extras
