@@ -39,6 +39,7 @@ class Model:
     selection: Literal["learned", "random", "fixed"] = "learned"
     heads: Literal["two", "salience"] = "two"
     encoder_dropout: float = 0.0  # probability of hiding an encoder from a training clip
+    sweep_top_n: bool = False  # one sub-run per n = 1..number of encoders (exp041)
 
 
 @dataclass(frozen=True)

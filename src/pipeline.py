@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,14 +85,17 @@ def check_compatible(cfg, ds) -> None:
         raise UserError(f"{ds.root / 'train_metadata.csv'}: needs at least 2 folds, found {ds.fold_ids}")
 
 
-def sub_runs(cfg, ds) -> tuple[str | None, list[tuple[str, list[str], str | None]]]:
-    """(group name, [(sub name, encoders, prior kind)]): what one experiment trains."""
+def sub_runs(cfg, ds) -> tuple[str | None, list[tuple[str, list[str], str | None, object]]]:
+    """(group name, [(sub name, encoders, prior kind, config)]): what one experiment trains."""
     m = cfg.model
     if m.name == "prior":
-        return "per_baseline", [(k, [], k) for k in m.priors]
+        return "per_baseline", [(k, [], k, cfg) for k in m.priors]
     if m.name == "mlp" and m.inputs in ("per_encoder", "late_mean"):
-        return "per_encoder", [(e, [e], None) for e in ds.encoders]
-    return None, [("", ds.encoders, None)]
+        return "per_encoder", [(e, [e], None, cfg) for e in ds.encoders]
+    if m.name == "fusion" and m.sweep_top_n:
+        return "per_top_n", [(str(n), ds.encoders, None, replace(cfg, model=replace(m, top_n=n)))
+                             for n in range(1, len(ds.encoders) + 1)]
+    return None, [("", ds.encoders, None, cfg)]
 
 
 class Runner:
@@ -138,9 +142,9 @@ class Runner:
         return resume
 
     # ---- training ------------------------------------------------------------------------------------
-    def train_sub(self, sub: str, encoders: list[str], prior, progress, task) -> list[tuple[dict, dict]]:
+    def train_sub(self, sub: str, encoders: list[str], prior, cfg, progress, task) -> list[tuple[dict, dict]]:
         """Every fold x seed of one sub-run (cached on disk) -> per seed (OOF parts [N_train], test parts)."""
-        ds, cfg = self.ds, self.cfg
+        ds = self.ds
         cache = self.out / "folds" / sub
         per_seed = []
         for s in range(cfg.train.seeds if prior is None else 1):
@@ -171,6 +175,21 @@ class Runner:
                 progress.advance(task)
             per_seed.append((oof, {p: np.mean(v, 0) for p, v in test.items()}))
         return per_seed
+
+    def collect_projections(self, subs) -> None:
+        """OOF projected encoder embeddings of seed 0, [N_train, E, shared_dim] float16, for CKA analysis."""
+        name = subs[0][0] if len(subs) == 1 else None
+        if name is None or self.cfg.model.name != "fusion":
+            return
+        proj = None
+        for k in self.ds.fold_ids:
+            with np.load(self.out / "folds" / name / f"fold{k}_seed0.npz") as z:
+                block = z["valid_projections"]
+            if proj is None:
+                proj = np.zeros((self.ds.n_train,) + block.shape[1:], np.float16)
+            proj[self.ds.split(k)[1]] = block
+        write_npz(self.out / "projections.npz", projections=proj, encoders=np.array(self.ds.encoders),
+                  filenames=self.ds.train_files)
 
     # ---- decoding and scoring ------------------------------------------------------------------------
     def decode(self, oof: dict, test: dict):
@@ -255,13 +274,14 @@ class Runner:
         if self.device.type == "cuda":
             self.log("note: on CUDA some kernels are nondeterministic; the last digits of OOF files may vary")
         group, subs = sub_runs(cfg, ds)
-        n_tasks = sum(len(ds.fold_ids) * (cfg.train.seeds if p is None else 1) for _, _, p in subs)
+        n_tasks = sum(len(ds.fold_ids) * (cfg.train.seeds if p is None else 1) for _, _, p, _ in subs)
         results = {}
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.log.console, transient=True) as progress:
             task = progress.add_task("folds x seeds", total=n_tasks)
-            for name, encoders, prior in subs:
-                results[name] = self.train_sub(name, encoders, prior, progress, task)
+            for name, encoders, prior, sub_cfg in subs:
+                results[name] = self.train_sub(name, encoders, prior, sub_cfg, progress, task)
+        self.collect_projections(subs)
 
         if group is None:
             final = self.evaluate(results[""])
@@ -289,7 +309,9 @@ class Runner:
             for name, res in evaluated.items():
                 if res is not final:
                     self.score_test(res)
-                final["metrics"][group][name] = {k: res["metrics"][k] for k in ("oof", "test") if k in res["metrics"]}
+                final["metrics"][group][name] = {**{k: res["metrics"][k] for k in ("oof", "test") if k in res["metrics"]},
+                                                 "seed_spread": seed_spread(res["metrics"]["seeds"])}
+            write_csv(self.out / f"{group}.csv", group_table(final["metrics"][group], group))
         metrics = {**final["metrics"], "runtime_s": round(time.time() - self.started, 1), "smoke": cfg.smoke}
         write_json(self.out / "metrics.json", metrics)
         self.show(metrics, group)
@@ -316,6 +338,29 @@ class Runner:
             for name, m in metrics[group].items():
                 self.log(f"  {group} {name}: OOF score {m['oof']['score']:.4f}"
                          + (f", test {m['test']['score']:.4f}" if "test" in m else ""))
+
+
+def seed_spread(seeds: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of each OOF (and test) figure."""
+    out = {}
+    for part in ("oof", "test"):
+        if all(part in s for s in seeds):
+            for key in ("acc_presence", "acc_salience", "score"):
+                values = [s[part][key] for s in seeds]
+                out[f"{part}_{key}_mean"], out[f"{part}_{key}_std"] = round(float(np.mean(values)), 6), round(float(np.std(values)), 6)
+    return out
+
+
+def group_table(entries: dict, group: str) -> pd.DataFrame:
+    """One row per sub-run (encoder, baseline or n): seed-averaged OOF/test figures and the spread over seeds."""
+    rows = []
+    for name, m in entries.items():
+        row = {group.split("_", 1)[1]: name}
+        for part in ("oof", "test"):
+            if part in m:
+                row.update({f"{part}_{k}": m[part][k] for k in ("acc_presence", "acc_salience", "score")})
+        rows.append(row | m["seed_spread"])
+    return pd.DataFrame(rows)
 
 
 def trim(m: dict) -> dict:

@@ -28,14 +28,19 @@ from src.features.extract_common import (WEIGHT_SEED, ClipError, add_common_args
 SAMPLE_RATE = 16_000  # what all these speech models were trained on
 
 
-def build_model(name: str, pretrained: bool, device: torch.device):
-    """(model in eval mode on device, its feature extractor)."""
+def load_config(name: str):
+    """The model's config, read before the weights so that bad arguments fail fast."""
     if name.startswith((".", "/")) and not Path(name).is_dir():
         raise UserError(f"--model {name}: folder not found (expected a model id or a folder with config.json)")
     try:
-        config = AutoConfig.from_pretrained(name)
+        return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise UserError(f"--model {name}: no such model or config ({str(err).splitlines()[0]})") from None
+
+
+def build_model(name: str, pretrained: bool, device: torch.device):
+    """(model in eval mode on device, its feature extractor)."""
+    config = load_config(name)
     torch.manual_seed(WEIGHT_SEED)
     try:
         model = AutoModel.from_pretrained(name) if pretrained else AutoModel.from_config(config)
@@ -122,8 +127,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     clips = check_args(args)
     device = choose_device(args.device)
+    layers = parse_layers(args, load_config(args.model).num_hidden_layers)
     model, extractor = build_model(args.model, not args.no_pretrained, device)
-    layers = parse_layers(args, model.config.num_hidden_layers)
     # Without an attention mask the padding would leak into the group-norm statistics and a clip's
     # features would depend on its batch neighbours, so such models see one clip at a time.
     batch = args.batch if extractor.return_attention_mask else 1

@@ -1,0 +1,131 @@
+"""Clips per second of raw-clip feature extraction on this machine, tiny and real-size models, random weights.
+
+    python -m src.bench_extract [--clips 4] [--seconds 3] [--no-full-size]
+Also home of the clip generator the extraction tests use (write_clip, write_tiny_wavlm).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import transformers
+from rich.console import Console
+from rich.table import Table
+
+from src.errors import cli
+from src.features import extract_audio, extract_video
+
+# A speech model small enough for a test: two blocks of width 32 and a three-layer convolutional front end
+# (total stride 80 -> 200 frames a second; the real ones: 320 -> 50). Layer norm in the front end lets it
+# batch clips with an attention mask, as the large models do.
+TINY_WAVLM = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16,
+                  num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
+                  num_buckets=32, max_bucket_distance=100)
+TINY_VIDEO_MODEL = "test_vit"                    # timm's test model: 0.3 M parameters, width 64
+FULL_VIDEO_MODEL = "vit_base_patch32_clip_224"   # CLIP ViT-B/32's architecture, as in docs/extraction.md
+# Real-size speech models as configs (random weights): base = transformers' defaults (12 blocks, width 768,
+# group-norm front end); large = microsoft/wavlm-large's shape (24 blocks, width 1024, layer-norm front end).
+WAVLM_SIZES = {
+    "WavLM-base": transformers.WavLMConfig(),
+    "WavLM-large": transformers.WavLMConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                            intermediate_size=4096, feat_extract_norm="layer",
+                                            do_stable_layer_norm=True),
+}
+
+
+def write_clip(path: Path, seconds: float = 1.0, size: tuple[int, int] = (64, 64), fps: int = 10,
+               audio: bool = True, audio_rate: int = 44_100, seed: int = 0) -> Path:
+    """A clip with a moving random texture (mpeg4) and, if audio, a seed-dependent tone (aac, mono)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    texture = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound = container.add_stream("aac", rate=audio_rate, layout="mono") if audio else None
+        for i in range(int(round(seconds * fps))):
+            frame = av.VideoFrame.from_ndarray(np.roll(texture, 2 * i, axis=1), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if sound is not None:
+            t = np.arange(int(seconds * audio_rate)) / audio_rate
+            tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * rng.normal(size=len(t))
+            frame = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = audio_rate, 0
+            container.mux(sound.encode(frame))
+            container.mux(sound.encode())
+    return path
+
+
+def write_tiny_wavlm(folder: Path) -> Path:
+    """A tiny WavLM config.json in folder, for `--model folder --no-pretrained`."""
+    transformers.WavLMConfig(**TINY_WAVLM).save_pretrained(folder)
+    return folder
+
+
+def run_benchmark(full_size: bool = True, n_clips: int = 8, seconds: float = 3.0) -> dict:
+    """{'setup': {...}, 'rows': [{'kind', 'model', 'width', 'clips_per_s'}, ...]}; random weights, no downloads.
+
+    clips_per_s counts the extraction loop only (decode, preprocess, model, cache write), not model loading.
+    """
+    size, fps = (640, 360), 30
+    load_before = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "clips").mkdir()
+        for i in range(n_clips):
+            write_clip(tmp / "clips" / f"A{100 + i}_ang_int1_ver1.mov", seconds, size, fps, seed=i)
+        labels = {str(write_tiny_wavlm(tmp / "wavlm_tiny")): "tiny WavLM config"}
+        cases = [("video", TINY_VIDEO_MODEL), ("audio", str(tmp / "wavlm_tiny"))]
+        if full_size:
+            cases.append(("video", FULL_VIDEO_MODEL))
+            for name, config in WAVLM_SIZES.items():
+                config.save_pretrained(tmp / name)
+                labels[str(tmp / name)] = f"{name} config"
+                cases.append(("audio", str(tmp / name)))
+        for n, (kind, model) in enumerate(cases):
+            main = extract_video.main if kind == "video" else extract_audio.main
+            out = tmp / f"out{n}" / "features.npz"
+            summary = main(["--videos", str(tmp / "clips"), "--model", model, "--out", str(out),
+                            "--no-pretrained", "--device", "cpu"])
+            rows.append({"kind": kind, "model": labels.get(model, model), "width": summary["width"],
+                         "clips_per_s": round(summary["clips"] / summary["seconds"], 3)})
+    setup = {"device": "cpu", "torch_threads": torch.get_num_threads(), "clips": n_clips,
+             # other work on the machine slows every row; the 1-minute load includes this benchmark's own threads
+             "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+             "clip": f"{seconds:g} s, {size[0]}x{size[1]} at {fps} fps, 44.1 kHz mono aac",
+             "video_fps_sampled": extract_video.DEFAULT_FPS}
+    return {"setup": setup, "rows": rows}
+
+
+def print_benchmark(result: dict) -> None:
+    setup = result["setup"]
+    table = Table(title=f"feature extraction, {setup['clips']} clips of {setup['clip']}, {setup['device']} x "
+                        f"{setup['torch_threads']} threads, load average {setup['load_average_1min'][0]} -> "
+                        f"{setup['load_average_1min'][1]}")
+    for col in ("kind", "model", "features", "clips / s", "s / clip"):
+        table.add_column(col)
+    for r in result["rows"]:
+        table.add_row(r["kind"], r["model"], str(r["width"]), f"{r['clips_per_s']:.2f}", f"{1 / r['clips_per_s']:.2f}")
+    Console().print(table)
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--no-full-size", action="store_true", help="tiny models only")
+    args = parser.parse_args(argv)
+    print_benchmark(run_benchmark(not args.no_full_size, args.clips, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
