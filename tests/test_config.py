@@ -1,0 +1,57 @@
+"""Config schema: every experiment resolves; unknown keys and wrong types are errors."""
+import pytest
+
+from src import config
+from src.errors import UserError
+from src.experiments import all_experiments, resolve
+
+
+@pytest.mark.parametrize("exp_dir", all_experiments(), ids=lambda p: p.name)
+def test_every_experiment_resolves(exp_dir):
+    cfg = config.load(exp_dir)
+    assert cfg.train.epochs >= 1 and cfg.note
+    assert (exp_dir / "run.py").read_text().count("\n") <= 3
+
+
+def test_parent_chain_merges_and_overrides():
+    cfg = config.load(resolve("exp042"))
+    assert cfg.adapt.coral_weight > 0 and cfg.model.name == "fusion" and cfg.model.top_n != "all"
+    assert config.load(resolve("exp020")).model.inputs == "concat"
+    assert config.load(resolve("exp020")).train == config.load(resolve("exp010")).train
+
+
+def test_set_and_smoke():
+    cfg = config.load(resolve("exp040"), ["model.top_n=2", "train.lr=0.01", "data.encoders=[a, b]"], smoke=True)
+    assert cfg.model.top_n == 2 and cfg.train.lr == 0.01 and cfg.data.encoders == ["a", "b"]
+    assert cfg.train.epochs == 2 and cfg.train.seeds == 1 and cfg.smoke
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["train.epoch=3"], "unknown key 'train.epoch' (known: epochs"),
+    (["modle.top_n=3"], "unknown key 'modle'"),
+    (["train.epochs=three"], "train.epochs: expected int"),
+    (["model.top_n=some"], "model.top_n"),
+    (["train.epochs=2.5"], "expected int"),
+    (["data.encoders=wavlm"], "data.encoders"),
+    (["decoder.name=argmax"], "not one of threshold, nearest"),
+    (["train.epochs"], "expected key.path=value"),
+])
+def test_bad_set_is_an_error(sets, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        config.load(resolve("exp040"), sets)
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path, monkeypatch):
+    exp = tmp_path / "exp999_typo"
+    exp.mkdir()
+    (exp / "config.yaml").write_text("parent: exp040\nmodel:\n  topn: 3\n")
+    with pytest.raises(UserError, match="unknown key 'model.topn'"):
+        config.load(exp)
+
+
+def test_experiment_ids_resolve_by_prefix():
+    assert resolve("exp042").name.startswith("exp042_")
+    with pytest.raises(UserError, match="experiments; candidates: exp040"):
+        resolve("exp04")
+    with pytest.raises(UserError, match="no experiment"):
+        resolve("exp999")

@@ -1,0 +1,93 @@
+"""Rank-aware selective fusion: selection, masking, CORAL, and that target labels cannot leak into training."""
+import numpy as np
+import pytest
+import torch
+
+from src import config, data
+from src.coral import coral_loss
+from src.experiments import resolve
+from src.models.fusion import FusionNet
+from src.train import fit_fold
+
+WIDTHS = [5, 8, 3, 6, 4]
+
+
+def forward(top_n, selection="learned", available=None, seed=0):
+    torch.manual_seed(seed)
+    net = FusionNet(WIDTHS, shared_dim=16, fused_dim=8, gate_heads=2, top_n=top_n, selection=selection).eval()
+    xs = [torch.randn(32, w) for w in WIDTHS]
+    if available is None:
+        available = torch.ones(32, len(WIDTHS), dtype=torch.bool)
+    return net, net(xs, available, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("selection", ["learned", "random"])
+def test_each_clip_keeps_exactly_n_encoders(n, selection):
+    _, out = forward(n, selection)
+    gate = out["gate"]
+    assert ((gate > 0).sum(1) == n).all()
+    assert torch.allclose(gate.sum(1), torch.ones(32), atol=1e-6)
+
+
+def test_learned_selection_keeps_the_highest_scores():
+    torch.manual_seed(0)
+    net = FusionNet(WIDTHS, 16, 8, 2, top_n=2).eval()
+    soft = FusionNet(WIDTHS, 16, 8, 2, top_n="all").eval()
+    soft.load_state_dict(net.state_dict())
+    xs, avail = [torch.randn(32, w) for w in WIDTHS], torch.ones(32, 5, dtype=torch.bool)
+    out, full = net(xs, avail), soft(xs, avail)["gate"]
+    kept = out["gate"] > 0
+    top2 = torch.zeros_like(kept).scatter(1, full.topk(2, 1).indices, True)
+    assert (kept == top2).all()
+    assert torch.allclose(out["gate"], torch.where(kept, full, 0) / (full * kept).sum(1, keepdim=True), atol=1e-6)
+
+
+def test_masked_encoder_is_never_selected():
+    available = torch.ones(32, 5, dtype=torch.bool)
+    available[:, 1] = False
+    available[:16, 3] = False
+    for selection in ("learned", "random"):
+        _, out = forward(3, selection, available)
+        assert (out["gate"][~available] == 0).all()
+        assert ((out["gate"] > 0).sum(1) == 3).all()
+    # fewer available than n: keep all available ones
+    available[:, :3] = False
+    _, out = forward(3, "learned", available)
+    assert ((out["gate"] > 0) == available).all()
+
+
+def test_coral_is_zero_for_identical_batches_and_positive_for_shifted():
+    torch.manual_seed(0)
+    a = torch.randn(64, 10)
+    assert coral_loss(a, a.clone()).item() == 0.0
+    assert coral_loss(a, a * 2 + 1).item() > 0.01
+    assert coral_loss(a, a + 5).item() < 1e-10  # a mean shift alone is not a covariance change
+
+
+def test_coral_gradient_reaches_the_projectors():
+    torch.manual_seed(0)
+    net = FusionNet(WIDTHS, 16, 8, 2, 3)
+    avail = torch.ones(32, 5, dtype=torch.bool)
+    src = net([torch.randn(32, w) for w in WIDTHS], avail)["fused"]
+    tgt = net([torch.randn(32, w) * 3 + 1 for w in WIDTHS], avail)["fused"]
+    coral_loss(src, tgt).backward()
+    for proj in net.projectors:
+        assert proj[1].weight.grad is not None and proj[1].weight.grad.abs().sum() > 0
+
+
+def test_target_labels_cannot_influence_training(shared_dataset):
+    """The fold model of exp042 aligns to its validation fold + test set; permuting those labels changes nothing."""
+    cfg = config.load(resolve("exp042"), smoke=True)
+    ds = data.load(shared_dataset)
+    train_rows, valid_rows = ds.split(0)
+    _, _, state_a, _ = fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
+    ds.labels = ds.labels.copy()
+    ds.labels[valid_rows] = np.random.default_rng(0).permutation(ds.labels[valid_rows])
+    assert not (ds.labels[valid_rows] == data.load(shared_dataset, ["wavlm"]).labels[valid_rows]).all()
+    _, _, state_b, _ = fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    # and the training labels do matter (the check can fail)
+    ds.labels[train_rows[:50]] = ds.labels[train_rows[50:100]]
+    _, _, state_c, _ = fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
+    assert not all(torch.equal(state_a[k], state_c[k]) for k in state_a)
