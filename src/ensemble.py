@@ -1,0 +1,492 @@
+"""Ensembles of finished experiments: mean | fitted blend weights | LightGBM stacker, decoded fold-honestly.
+
+    python src/ensemble.py MEMBER [MEMBER ...] [--input DIR] [--method lgbm|weights|mean] [--name NAME]
+    MEMBER: an experiment id (exp042) or one sub-run of it (exp010/wavlm, exp041/3)
+
+Honesty: for outer fold k, every piece the ensemble fits (blend weights, stacker, boosting rounds, thresholds,
+the choice of decoder, the blend share) sees the other folds' rows only, and the OOF score is that of fold-k
+predictions made by those pieces. Test predictions use pieces fitted on all OOF rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `src` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from src import data as data_mod
+from src import decode, submission
+from src.config import Decoder
+from src.errors import UserError, cli
+from src.experiments import resolve
+from src.io import write_csv, write_json, write_text
+from src.labels import EMOTIONS, IS_BLEND, N_CONFIGS, SALIENCE, strip_extension
+from src.metric import score
+from src.score import read_label_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_INPUT = ROOT / "input" / "synthetic"
+ENSEMBLES = ROOT / "exp" / "ensembles"
+SUBMISSIONS = ROOT / "submissions"
+METHODS = ("lgbm", "weights", "mean")
+PROB = [f"prob_{e}" for e in EMOTIONS]
+STACK_PREFIXES = ("prob_", "presence_", "salience_", "gate_")  # member columns the stacker reads
+GRID = Decoder().grid  # threshold grid points per axis, the experiments' default
+SEED = 0  # fold k uses SEED + k
+EPS = 1e-6
+# Sized for ~2.4k rows and 36 classes (~65 rows per class): shallow trees, strong L2, row/feature bagging.
+STACKER = {"objective": "multiclass", "learning_rate": 0.1, "num_leaves": 4, "max_depth": 2,
+           "min_data_in_leaf": 20, "lambda_l2": 10.0, "feature_fraction": 0.7, "bagging_fraction": 0.8,
+           "bagging_freq": 1, "max_bin": 63, "verbose": -1, "deterministic": True, "force_row_wise": True,
+           "num_threads": 1}
+MAX_ROUNDS, EARLY_STOP = 300, 20  # rounds are chosen by inner CV on the training folds
+PRIOR_TAUS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # grid of the stacker's starting model (fit_prior)
+PRIOR_BIASES = (-1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+BENCH_MEMBERS = ("exp020", "exp021", "exp030")
+
+
+# ---- members ------------------------------------------------------------------------------------------
+def load_dataset(input_dir: Path) -> data_mod.Dataset:
+    """Labels, folds and clip lists; reads only the smallest encoder file (features are not needed here)."""
+    root = Path(input_dir)
+    encoders = data_mod.available_encoders(root) if root.is_dir() else []
+    size = lambda e: sum(p.stat().st_size for p in [root / "features" / f"{e}.npz", *(root / "features" / e).glob("*.npz")]
+                         if p.is_file())
+    return data_mod.load(root, [min(encoders, key=size)] if encoders else "all", allow_missing=True)
+
+
+def member_folder(spec: str, ds, input_arg) -> Path:
+    """'exp042' -> exp/exp042_<slug>/output/<dataset>; 'exp010/wavlm' -> that experiment's per_*/wavlm."""
+    exp_id, _, sub = spec.partition("/")
+    out = resolve(exp_id) / "output" / ds.name
+    rerun = f"bash run.sh {exp_id}" + (f" --input {input_arg}" if input_arg else "")
+    if not (out / "oof.csv").is_file():
+        raise UserError(f"member {spec}: no outputs for dataset '{ds.name}' ({out / 'oof.csv'} missing); run: {rerun}")
+    if not sub:
+        return out
+    found = [p for p in sorted(out.glob(f"per_*/{sub}")) if (p / "oof.csv").is_file()]
+    if not found:
+        subs = sorted(p.name for p in out.glob("per_*/*") if (p / "oof.csv").is_file())
+        raise UserError(f"member {spec}: {out.name} outputs of {exp_id} have no sub-run '{sub}' "
+                        f"(available: {', '.join(subs) or 'none; it is not a per-encoder experiment'})")
+    return found[0]
+
+
+def read_frame(path: Path, spec: str, ds_name: str, keys: np.ndarray, with_fold: bool) -> pd.DataFrame:
+    """One member CSV, checked and joined on `filename` to the dataset's clip order."""
+    try:
+        frame = pd.read_csv(path, dtype={"filename": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"member {spec}: cannot parse {path} ({str(err).splitlines()[0]})") from None
+    need = ["filename"] + (["fold"] if with_fold else []) + PROB
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise UserError(f"member {spec}: {path} lacks column(s) {', '.join(missing)}")
+    names = frame["filename"].astype(str)
+    absent, extra = sorted(set(keys) - set(names)), sorted(set(names) - set(keys))
+    if absent or extra or names.duplicated().any():
+        raise UserError(f"member {spec}: clips in {path.name} differ from dataset '{ds_name}' metadata: "
+                        f"{len(absent)} missing (e.g. {absent[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}), "
+                        f"{int(names.duplicated().sum())} repeated; rerun the member on this dataset")
+    frame = frame.set_index(names).loc[keys].reset_index(drop=True)
+    numeric = [c for c in frame.columns if c == "fold" or c.startswith(STACK_PREFIXES)]
+    try:
+        values = frame[numeric].to_numpy(np.float64)
+    except ValueError:
+        raise UserError(f"member {spec}: {path} holds non-numeric values in {', '.join(numeric)}") from None
+    if not np.isfinite(values).all():
+        raise UserError(f"member {spec}: {path} holds NaN/inf values")
+    return frame
+
+
+def load_member(spec: str, ds, input_arg=None) -> dict:
+    """{name, folder, oof (frame, dataset train order), test (frame, dataset test order), smoke}."""
+    folder = member_folder(spec, ds, input_arg)
+    if not (folder / "test.csv").is_file():
+        raise UserError(f"member {spec}: {folder / 'test.csv'} missing; rerun: bash run.sh {spec.split('/')[0]}")
+    oof = read_frame(folder / "oof.csv", spec, ds.name, np.asarray(ds.train_files, dtype=str), with_fold=True)
+    test = read_frame(folder / "test.csv", spec, ds.name, np.asarray(ds.test_files, dtype=str), with_fold=False)
+    bad = np.flatnonzero(oof["fold"].to_numpy() != ds.folds)
+    if len(bad):
+        i = bad[0]
+        raise UserError(f"member {spec}: folds differ from {ds.name}/train_metadata.csv for {len(bad)} clips "
+                        f"(e.g. {ds.train_files[i]}: fold {oof['fold'][i]} vs {ds.folds[i]}); rerun the member")
+    cols = [c for c in oof.columns if c.startswith(STACK_PREFIXES)]
+    if missing := [c for c in cols if c not in test.columns]:
+        raise UserError(f"member {spec}: {folder / 'test.csv'} lacks column(s) {', '.join(missing)} that oof.csv has")
+    metrics = folder.parent.parent / "metrics.json" if folder.parent.name.startswith("per_") else folder / "metrics.json"
+    try:
+        smoke = bool(json.loads(metrics.read_text()).get("smoke")) if metrics.is_file() else False
+    except (ValueError, AttributeError):
+        raise UserError(f"member {spec}: {metrics} is not a metrics JSON object; rerun the member") from None
+    return {"name": spec, "folder": folder, "oof": oof, "test": test, "columns": cols, "smoke": smoke}
+
+
+def load_members(specs, ds, input_arg=None) -> list[dict]:
+    names = [s.rstrip("/") for s in specs]
+    if len(set(names)) != len(names):
+        raise UserError(f"a member is listed twice: {', '.join(names)}")
+    return [load_member(s, ds, input_arg) for s in names]
+
+
+def stack_inputs(members, mean_prob: np.ndarray, mean_prob_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Stacker features: every member's prob/presence/salience/gate columns, plus the members' mean prob
+    [N, 6] (trees cannot average across columns). Returns X float [N, F], X_test float [T, F], names [F]."""
+    blocks = [m["oof"][m["columns"]].to_numpy(np.float64) for m in members]
+    test_blocks = [m["test"][m["columns"]].to_numpy(np.float64) for m in members]
+    names = [f"{m['name']}:{c}" for m in members for c in m["columns"]]
+    if len(members) > 1:
+        blocks, test_blocks, names = blocks + [mean_prob], test_blocks + [mean_prob_test], names + [f"mean:{c}" for c in PROB]
+    return np.hstack(blocks), np.hstack(test_blocks), names
+
+
+# ---- mean and fitted weights --------------------------------------------------------------------------
+def fit_mixture_weights(probs: np.ndarray, target: np.ndarray, iterations: int = 500) -> np.ndarray:
+    """Non-negative weights summing to one that minimise the cross-entropy to the salience target.
+
+    probs: float [M, N, 6] members' emotion probabilities; target: float [N, 6] (SALIENCE of the labels).
+    EM for mixture weights: every step stays on the simplex and never increases the loss; no scipy needed.
+    """
+    probs = np.clip(probs, EPS, None)
+    probs = probs / probs.sum(-1, keepdims=True)
+    w = np.full(len(probs), 1.0 / len(probs))
+    for _ in range(iterations):
+        share = w[:, None, None] * probs / np.einsum("m,mne->ne", w, probs)[None]  # [M, N, 6]
+        new = np.einsum("ne,mne->m", target, share) / target.sum()
+        if np.abs(new - w).max() < 1e-9:
+            return new
+        w = new
+    return w
+
+
+def fit_predict_blend(probs: np.ndarray, probs_test: np.ndarray, y, folds, fit_weights: bool) -> dict:
+    """mean / weights: probs float [M, N, 6], probs_test [M, T, 6] -> honest OOF and test predictions.
+
+    For outer fold k the weights and the thresholds are fitted on the other folds' rows only.
+    """
+    def fit(rows):
+        w = fit_mixture_weights(probs[:, rows], SALIENCE[y[rows]]) if fit_weights else np.full(len(probs), 1 / len(probs))
+        mixed = np.einsum("m,mne->ne", w, probs)
+        return w, mixed, decode.fit_decoder({"prob": mixed[rows]}, y[rows], GRID, ())
+
+    oof_prob, oof_pred, per_fold = np.empty(probs.shape[1:]), np.empty(len(y), dtype=int), []
+    for k in np.unique(folds):
+        inside = folds == k
+        w, mixed, params = fit(~inside)
+        oof_prob[inside] = mixed[inside]
+        oof_pred[inside] = decode.apply_decoder({"prob": mixed[inside]}, params)
+        per_fold.append({"fold": int(k), "weights": rounded(w), "name": "threshold", **params})
+    w, _, params = fit(np.ones(len(y), dtype=bool))
+    test_prob = np.einsum("m,mne->ne", w, probs_test)
+    return {"oof_prob": oof_prob, "oof_pred": oof_pred, "test_prob": test_prob,
+            "test_pred": decode.apply_decoder({"prob": test_prob}, params), "weights": rounded(w),
+            "decoder": {"name": "threshold", **params, "per_fold": per_fold,
+                        "note": "expected-score decoder not used: mean/weights give no configuration probabilities"}}
+
+
+# ---- LightGBM stacker ---------------------------------------------------------------------------------
+def prior_scores(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """probs float [M, n, 6] members, weights [M] -> float [n, 36]: sum_e SALIENCE[c, e] * log p_e of their blend."""
+    return np.log(np.clip(np.einsum("m,mne->ne", weights, probs), EPS, None)) @ SALIENCE.T
+
+
+def fit_prior(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(tau, bias) of the configuration model logit_c = tau * scores_c + bias * [c is a blend], by grid on log-loss.
+
+    The stacker boosts from this model instead of from class frequencies: with ~65 rows per configuration
+    the trees cannot learn on their own that a 70/30 blend of a and b means p_a > p_b > 0.
+    """
+    best = None
+    for tau in PRIOR_TAUS:
+        for bias in PRIOR_BIASES:
+            z = prior_logits(scores, tau, bias)
+            loss = float((np.logaddexp.reduce(z, axis=1) - z[np.arange(len(y)), y]).mean())
+            if best is None or loss < best[0]:
+                best = (loss, float(tau), float(bias))
+    return best[1], best[2]
+
+
+def prior_logits(scores: np.ndarray, tau: float, bias: float) -> np.ndarray:
+    return tau * scores + bias * IS_BLEND[None, :]
+
+
+def softmax_configs(raw: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """raw float [n, C] logits of the modelled configurations -> float [n, 36]; the others get 0."""
+    z = np.exp(raw - raw.max(1, keepdims=True))
+    out = np.zeros((len(raw), N_CONFIGS))
+    out[:, classes] = z / z.sum(1, keepdims=True)
+    return out
+
+
+def fit_stacker(X: np.ndarray, probs: np.ndarray, y: np.ndarray, inner_folds: np.ndarray, seed: int):
+    """One fold stacker on these rows: its starting model (blend weights, tau, bias) fitted, rounds chosen by
+    inner CV over inner_folds, then a refit on all these rows.
+
+    X float [n, F], probs float [M, n, 6] members' prob columns, y int [n]. Only configurations present in y
+    are modelled. Returns (predict(X, probs) -> float [m, 36], fitted numbers, inner OOF float [n, 36], gain [F]).
+    """
+    classes = np.unique(y)
+    if len(classes) < 2 or len(np.unique(inner_folds)) < 2:
+        raise UserError("lgbm stacker: a training split has fewer than 2 label configurations or 2 folds; "
+                        "use --method mean or weights on this dataset")
+    target = np.searchsorted(classes, y)
+    weights = fit_mixture_weights(probs, SALIENCE[y])  # weak members should not dilute the starting model
+    tau, bias = fit_prior(prior_scores(probs, weights), y)
+    init = lambda P: prior_logits(prior_scores(P, weights), tau, bias)[:, classes]
+    params = {**STACKER, "num_class": len(classes), "seed": seed}
+    splits = [(np.flatnonzero(inner_folds != j), np.flatnonzero(inner_folds == j)) for j in np.unique(inner_folds)]
+    cv = lgb.cv(params, lgb.Dataset(X, target, init_score=init(probs), free_raw_data=False),
+                num_boost_round=MAX_ROUNDS, folds=splits, callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)],
+                return_cvbooster=True)
+    rounds = int(cv["cvbooster"].best_iteration) or MAX_ROUNDS
+    inner = np.zeros((len(y), N_CONFIGS))
+    for booster, (_, valid) in zip(cv["cvbooster"].boosters, splits):
+        raw = booster.predict(X[valid], raw_score=True, num_iteration=rounds) + init(probs[:, valid])
+        inner[valid] = softmax_configs(raw, classes)
+    booster = lgb.train(params, lgb.Dataset(X, target, init_score=init(probs)), num_boost_round=rounds)
+    predict = lambda A, P: softmax_configs(booster.predict(A, raw_score=True) + init(P), classes)
+    fitted = {"rounds": rounds, "prior_weights": rounded(weights), "tau": tau, "bias": bias}
+    return predict, fitted, inner, booster.feature_importance("gain")
+
+
+def stack(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndarray,
+          probs_test: np.ndarray, seed: int = SEED) -> dict:
+    """Cross-fitted stacker. X float [N, F], probs float [M, N, 6] members' prob columns, y int [N], folds
+    int [N], X_test float [T, F], probs_test [M, T, 6] -> oof float [N, 36] (fold k from the stacker trained
+    on the other folds), test float [T, 36] (mean over the fold stackers), inner {k: float [N, 36]} (the
+    other folds' rows predicted by inner-CV stackers that never saw fold k; fold k's rows are NaN),
+    fitted {k: rounds, prior weights, tau, bias}, gain float [F]."""
+    oof, test = np.zeros((len(y), N_CONFIGS)), np.zeros((len(X_test), N_CONFIGS))
+    inner, fitted, gain = {}, {}, np.zeros(X.shape[1])
+    ids = np.unique(folds)
+    for k in ids:
+        rows = folds != k
+        predict, fitted[int(k)], inner_k, g = fit_stacker(X[rows], probs[:, rows], y[rows], folds[rows], seed + int(k))
+        oof[~rows] = predict(X[~rows], probs[:, ~rows])
+        test += predict(X_test, probs_test) / len(ids)
+        inner[int(k)] = np.full((len(y), N_CONFIGS), np.nan)
+        inner[int(k)][rows] = inner_k
+        gain += g
+    return {"oof": oof, "test": test, "inner": inner, "fitted": fitted, "gain": gain}
+
+
+def decode_configs(config_probs: np.ndarray, params: dict) -> np.ndarray:
+    """config_probs float [N, 36] -> int [N] with a fitted decoder (expected-score or threshold)."""
+    if params["name"] == "expected":
+        return decode.decode_expected(config_probs, params["blend_share"])
+    return decode.decode_thresholds(config_probs @ SALIENCE, params["alpha"], params["beta"])
+
+
+def choose_decoder(config_probs: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict:
+    """Pick expected-score or threshold decoding on these rows; returns the winner fitted on all of them.
+
+    The thresholds are compared by their cross-fitted score over these folds, so a decoder with two
+    fitted numbers does not win merely by fitting; ties go to the expected-score decoder (nothing to fit).
+    """
+    emotion = config_probs @ SALIENCE  # marginal: the expected salience vector, like a salience head
+    thr_pred, _, thr = decode.cross_fit({"prob": emotion}, y, folds, GRID, ())
+    share = float(IS_BLEND[y].mean())
+    scores = {"expected": score(decode.decode_expected(config_probs, share), y)["score"],
+              "threshold": score(thr_pred, y)["score"]}
+    name = max(scores, key=scores.get)
+    return {"name": name, "blend_share": round(share, 6), "alpha": thr["alpha"], "beta": thr["beta"],
+            "scores": {k: round(v, 6) for k, v in scores.items()}}
+
+
+def fit_predict_lgbm(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndarray,
+                     probs_test: np.ndarray, seed: int = SEED) -> dict:
+    """The stacker plus its decoder, nested: fold k is decoded by a decoder chosen and fitted on the inner
+    OOF of the other folds (stackers that never saw fold k). Test: decoder chosen on the whole stacked OOF.
+    Shapes as in `stack`."""
+    stacked = stack(X, probs, y, folds, X_test, probs_test, seed)
+    oof_pred, per_fold = np.empty(len(y), dtype=int), []
+    for k in np.unique(folds):
+        inside = folds == k
+        params = choose_decoder(stacked["inner"][int(k)][~inside], y[~inside], folds[~inside])
+        oof_pred[inside] = decode_configs(stacked["oof"][inside], params)
+        per_fold.append({"fold": int(k), **stacked["fitted"][int(k)], **params})
+    params = choose_decoder(stacked["oof"], y, folds)
+    return {"oof_config": stacked["oof"], "test_config": stacked["test"], "gain": stacked["gain"],
+            "oof_prob": stacked["oof"] @ SALIENCE, "test_prob": stacked["test"] @ SALIENCE,
+            "oof_pred": oof_pred, "test_pred": decode_configs(stacked["test"], params),
+            "decoder": {**params, "per_fold": per_fold}}
+
+
+# ---- the whole ensemble -------------------------------------------------------------------------------
+def build(members: list[dict], ds, method: str) -> dict:
+    """Fit the ensemble (no files written): predictions, decoder record, weights, OOF figures."""
+    y, folds = ds.labels, ds.folds
+    probs = np.stack([m["oof"][PROB].to_numpy(np.float64) for m in members])  # [M, N, 6]
+    probs_test = np.stack([m["test"][PROB].to_numpy(np.float64) for m in members])  # [M, T, 6]
+    if method == "lgbm":
+        X, X_test, names = stack_inputs(members, probs.mean(0), probs_test.mean(0))
+        res = fit_predict_lgbm(X, probs, y, folds, X_test, probs_test)
+        owner = np.array([n.split(":", 1)[0] for n in names], dtype=object)
+        total = res["gain"].sum() or 1.0
+        # a stacker has no blend weights; each member's share of the split gain says what it relies on
+        res["weights"] = {o: round(float(res["gain"][owner == o].sum() / total), 6) for o in dict.fromkeys(owner)}
+        res["n_features"] = len(names)
+    else:
+        res = fit_predict_blend(probs, probs_test, y, folds, fit_weights=method == "weights")
+        res["weights"] = dict(zip([m["name"] for m in members], res["weights"]))
+    res["oof"] = trim(score(res["oof_pred"], y))
+    res["folds"] = decode.fold_scores(res["oof_pred"], y, folds)
+    return res
+
+
+def member_figures(member: dict, ds) -> dict:
+    """A member's prob columns through the same honest threshold decoder: OOF pred and test pred."""
+    parts = {"prob": member["oof"][PROB].to_numpy(np.float64)}
+    pred, _, params = decode.cross_fit(parts, ds.labels, ds.folds, GRID, ())
+    test_pred = decode.apply_decoder({"prob": member["test"][PROB].to_numpy(np.float64)}, params)
+    return {"oof": trim(score(pred, ds.labels)), "_test_pred": test_pred}
+
+
+def default_name(specs, method: str) -> str:
+    return "ens_" + "+".join(s.rstrip("/").replace("/", "-") for s in specs) + f"_{method}"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Ensemble finished experiments into one submission.")
+    p.add_argument("members", nargs="+", help="experiment ids (exp042) or sub-runs (exp010/wavlm)")
+    p.add_argument("--input", type=Path, default=None, help="dataset folder (default: input/synthetic)")
+    p.add_argument("--method", choices=METHODS, default="lgbm")
+    p.add_argument("--name", default=None, help="submission and output name (default: ens_<members>_<method>)")
+    p.add_argument("--quiet", action="store_true", help="no console output (log.txt still written)")
+    return p.parse_args(argv)
+
+
+def trim(m: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
+
+
+def rounded(w) -> list[float]:
+    return [round(float(v), 6) for v in w]
+
+
+def frames(ds, res) -> tuple[pd.DataFrame, pd.DataFrame]:
+    oof = pd.DataFrame({"filename": ds.train_files, "fold": ds.folds})
+    test = pd.DataFrame({"filename": ds.test_files})
+    for j, c in enumerate(PROB):
+        oof[c], test[c] = res["oof_prob"][:, j], res["test_prob"][:, j]
+    return oof, test
+
+
+def show(console: Console, name: str, ds, members: list[dict], figures: list[dict], res: dict) -> None:
+    has_test = "test" in res
+    table = Table(title=f"{name} on {ds.name} ({ds.n_train} OOF clips, {len(ds.fold_ids)} folds)")
+    cols = ["OOF pres.", "OOF sal.", "OOF score"] + (["test pres.", "test sal.", "test score"] if has_test else [])
+    table.add_column("", no_wrap=True)
+    for c in cols:
+        table.add_column(c, justify="right")
+    fmt = lambda m: [f"{m[k]:.4f}" for k in ("acc_presence", "acc_salience", "score")]
+    for m, f in zip(members, figures):
+        table.add_row(m["name"] + (" (smoke)" if m["smoke"] else ""), *fmt(f["oof"]), *(fmt(f["test"]) if has_test else []))
+    table.add_row(f"[bold]{res['method']} ensemble[/bold]", *fmt(res["oof"]), *(fmt(res["test"]) if has_test else []))
+    console.print(table)
+
+
+def describe_decoder(dec: dict) -> str:
+    per_fold = ", ".join(f"{d['fold']}:{d['name']}" for d in dec["per_fold"])
+    what = (f"expected-score (blend share {dec['blend_share']})" if dec["name"] == "expected"
+            else f"threshold (alpha {dec['alpha']}, beta {dec['beta']})")
+    cand = f"; OOF candidates {dec['scores']}" if "scores" in dec else ""
+    return f"decoder for test: {what}{cand}; OOF folds decoded by their own nested fits ({per_fold})"
+
+
+@cli
+def main(argv=None) -> Path:
+    started = time.time()
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    name = args.name or default_name(args.members, args.method)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", name):
+        raise UserError(f"--name '{name}': use letters, digits and . _ + = - only")
+    console = Console(quiet=args.quiet, highlight=False)
+    lines = []
+
+    def log(msg: str, file_only: bool = False) -> None:
+        if not file_only:
+            console.print(msg)
+        lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {Text.from_markup(msg).plain}")
+
+    ds = load_dataset(args.input or DEFAULT_INPUT)
+    members = load_members(args.members, ds, args.input)
+    log(f"[bold]{name}[/bold]: {args.method} over {', '.join(m['name'] for m in members)} on {ds.name} "
+        f"({ds.n_train} OOF clips in {len(ds.fold_ids)} folds, {len(ds.test_files)} test clips)")
+    if any(m["smoke"] for m in members):
+        log("note: smoke-run members: " + ", ".join(m["name"] for m in members if m["smoke"]))
+    res = build(members, ds, args.method)
+    res["method"] = args.method
+    figures = [member_figures(m, ds) for m in members]
+
+    out = ENSEMBLES / name / "output" / ds.name
+    # the submission first: it validates before writing anything
+    paths = submission.write(SUBMISSIONS / ds.name, name, ds.test_files, res["test_pred"], ds.test_files, ds.template_keys)
+    oof_frame, test_frame = frames(ds, res)
+    write_csv(out / "oof.csv", oof_frame)
+    write_csv(out / "test.csv", test_frame)
+    labels_path = ds.root / "test_labels.csv"
+    if labels_path.is_file():  # only now, after test.csv and the submission are written
+        truth = read_label_file(labels_path)
+        keys = [strip_extension(f) for f in ds.test_files]
+        if missing := [k for k in keys if k not in truth]:
+            raise UserError(f"{labels_path}: {len(missing)} test clips have no label (e.g. {missing[0]})")
+        true = np.array([truth[k] for k in keys])
+        res["test"] = trim(score(res["test_pred"], true))
+        for f in figures:
+            f["test"] = trim(score(f["_test_pred"], true))
+    metrics = {"oof": res["oof"], "folds": res["folds"], "decoder": res["decoder"], **({"test": res["test"]} if "test" in res else {}),
+               "members": [{"name": m["name"], "path": rel(m["folder"]), "smoke": m["smoke"],
+                            **{k: f[k] for k in ("oof", "test") if k in f}} for m, f in zip(members, figures)],
+               "weights": res["weights"], "method": args.method, "runtime_s": round(time.time() - started, 1),
+               "smoke": any(m["smoke"] for m in members)}
+    write_json(out / "metrics.json", metrics)
+    resolved = {"ensemble": name, "method": args.method, "input_dir": str(ds.root.resolve()), "dataset": ds.name,
+                "members": [{"name": m["name"], "path": rel(m["folder"])} for m in members], "seed": SEED,
+                "decoder_grid": GRID, **({"stacker": {**STACKER, "max_rounds": MAX_ROUNDS, "early_stopping": EARLY_STOP}}
+                                         if args.method == "lgbm" else {}), "command": " ".join(sys.argv)}
+    write_text(out / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    show(console, name, ds, members, figures, res)
+    for label, f in [(m["name"], f) for m, f in zip(members, figures)] + [(f"{args.method} ensemble", res)]:
+        log(f"{label}: OOF {f['oof']['score']:.4f}" + (f", test {f['test']['score']:.4f}" if "test" in f else ""), file_only=True)
+    log(describe_decoder(res["decoder"]))
+    log(f"weights: {res['weights']}" + (" (share of stacker split gain)" if args.method == "lgbm" else ""))
+    log(f"wrote {rel(out)} and {rel(paths['json'])} in {time.time() - started:.1f}s")
+    write_text(out / "log.txt", "\n".join(lines) + "\n")
+    return out
+
+
+def rel(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def run_benchmark(members=BENCH_MEMBERS, input_dir: Path = DEFAULT_INPUT) -> dict:
+    """Time the lgbm ensemble of three members on the default dataset (fitting only, nothing written)."""
+    ds = load_dataset(input_dir)
+    loaded = load_members(members, ds)
+    started = time.time()
+    res = build(loaded, ds, "lgbm")
+    seconds = time.time() - started
+    return {"members": list(members), "method": "lgbm", "dataset": ds.name, "n_train": ds.n_train,
+            "n_test": len(ds.test_files), "n_features": res["n_features"], "seconds": round(seconds, 2),
+            "oof_score": res["oof"]["score"], "rounds": [d["rounds"] for d in res["decoder"]["per_fold"]],
+            "decoder": res["decoder"]["name"],
+            "best_member_oof_score": max(member_figures(m, ds)["oof"]["score"] for m in loaded)}
+
+
+if __name__ == "__main__":
+    main()
