@@ -90,18 +90,42 @@ def bench_experiment(exp_id: str, *args: str) -> dict:
             "oof_score": metrics["oof"]["score"], "test_score": metrics.get("test", {}).get("score")}
 
 
+def bench_full_size(seeds: int) -> dict:
+    """exp042 on the --full-size synthetic dataset (real aggregated widths), written to input/synthetic_full."""
+    from src import synth
+    full = ROOT / "input" / "synthetic_full"
+    t0 = time.perf_counter()
+    if not full.exists():
+        synth.write(full, seed=0, full_size=True)
+    generate_s = round(time.perf_counter() - t0, 1)
+    res = bench_experiment("exp042", "--input", str(full), "--set", f"train.seeds={seeds}")
+    return {**res, "seeds": seeds, "generate_s": generate_s}
+
+
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full-size", action="store_true", help="also time exp042 on the --full-size synthetic data")
+    p.add_argument("--full-size-seeds", type=int, default=1, help="seeds for the full-size run (default 1)")
     p.add_argument("--skip-runs", action="store_true", help="only the grid-search benchmark")
+    p.add_argument("--skip-extract", action="store_true", help="skip the feature-extraction benchmark")
     args = p.parse_args(argv)
     results = {"grid_search": bench_grid_search()}
-    print(json.dumps(results["grid_search"]))
+    print(json.dumps(results["grid_search"]), flush=True)
     if not args.skip_runs:
         for exp in ("exp010", "exp020", "exp042"):
             results[exp] = bench_experiment(exp)
-            print(json.dumps(results[exp]))
+            print(json.dumps(results[exp]), flush=True)
+        from src.ensemble import run_benchmark as bench_ensemble
+        results["ensemble_lgbm"] = bench_ensemble(("exp010", "exp020", "exp042"))
+        print(json.dumps(results["ensemble_lgbm"]), flush=True)
+    if args.full_size:
+        results["exp042_full_size"] = bench_full_size(args.full_size_seeds)
+        print(json.dumps(results["exp042_full_size"]), flush=True)
+    if not args.skip_extract:
+        from src.bench_extract import run_benchmark as bench_extract
+        results["extraction"] = bench_extract()
+        print(json.dumps(results["extraction"]), flush=True)
     print(json.dumps(results, indent=2))
 
 

@@ -8,29 +8,31 @@ from __future__ import annotations
 import numpy as np
 
 
+def _centred(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x - x.mean(0)
+
+
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     """x: float [N, D1], y: float [N, D2] (same N rows, same clips) -> similarity in [0, 1].
 
     Feature-space form ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred inputs:
     the same value as the Gram (HSIC) form but D x D instead of N x N. NaN when an input is constant.
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"linear_cka: {x.shape[0]} rows against {y.shape[0]}")
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
-    if denominator == 0:
-        return float("nan")
-    return float(np.linalg.norm(y.T @ x) ** 2 / denominator)
+    if len(x) != len(y):
+        raise ValueError(f"linear_cka: {len(x)} rows against {len(y)}")
+    return float(cka_matrix([x, y])[0, 1])
 
 
 def cka_matrix(blocks: list[np.ndarray]) -> np.ndarray:
     """blocks: E arrays float [N, D_e] over the same rows -> symmetric float [E, E] of pairwise linear CKA."""
+    centred = [_centred(b) for b in blocks]
+    self_norms = [np.linalg.norm(c.T @ c) for c in centred]  # computed once, not once per pair
     n = len(blocks)
     out = np.empty((n, n))
     for i in range(n):
         for j in range(i, n):
-            out[i, j] = out[j, i] = linear_cka(blocks[i], blocks[j])
+            denominator = self_norms[i] * self_norms[j]
+            cross = np.linalg.norm(centred[j].T @ centred[i]) ** 2
+            out[i, j] = out[j, i] = cross / denominator if denominator > 0 else np.nan
     return out

@@ -189,7 +189,7 @@ class Runner:
                 proj = np.zeros((self.ds.n_train,) + block.shape[1:], np.float16)
             proj[self.ds.split(k)[1]] = block
         write_npz(self.out / "projections.npz", projections=proj, encoders=np.array(self.ds.encoders),
-                  filenames=self.ds.train_files)
+                  filenames=self.ds.train_files.astype(str))
 
     # ---- decoding and scoring ------------------------------------------------------------------------
     def decode(self, oof: dict, test: dict):
@@ -315,6 +315,9 @@ class Runner:
         metrics = {**final["metrics"], "runtime_s": round(time.time() - self.started, 1), "smoke": cfg.smoke}
         write_json(self.out / "metrics.json", metrics)
         self.show(metrics, group)
+        if cfg.model.name == "fusion":  # the analysis figures, regenerable later with src/report.py
+            from src.report import write_report
+            self.log(f"report: {write_report(self.exp_dir, self.ds.root)}")
         self.log(f"wrote {self.out.relative_to(ROOT) if self.out.is_relative_to(ROOT) else self.out} and "
                  f"{paths['json'].relative_to(ROOT) if paths['json'].is_relative_to(ROOT) else paths['json']}")
         return self.out

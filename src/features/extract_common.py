@@ -98,7 +98,8 @@ def run_extraction(clips: list[Path], out: Path, settings: dict, embed: Callable
     """Embed every clip not cached yet, then write the features file.
 
     embed(paths) -> (vectors: {clip name: float32 [7 * D]}, failures: {clip name: reason}); it gets up to
-    `group` clips at a time. Returns a summary: clips, cached, failed ({name: reason}), width, seconds.
+    `group` clips at a time. Returns a summary: clips, cached, failed ({name: reason}), width, and the
+    wall and CPU seconds of the embedding loop.
     """
     folder = cache_dir(out, settings)
     cached = {c.name for c in clips if (folder / f"{c.name}.npy").exists()}
@@ -108,7 +109,7 @@ def run_extraction(clips: list[Path], out: Path, settings: dict, embed: Callable
     console.print(f"{settings['model']}: {len(clips)} clips, {len(cached)} already in {folder}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"{settings['kind']} {out.stem}", total=len(todo))
         for i in range(0, len(todo), group):
@@ -118,7 +119,7 @@ def run_extraction(clips: list[Path], out: Path, settings: dict, embed: Callable
                 save_vector(folder / f"{name}.npy", vector)
             failures.update(failed)
             progress.advance(task, len(paths))
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
 
     if failures:
         print(f"{len(failures)} of {len(clips)} clips could not be used:", file=sys.stderr)
@@ -137,4 +138,4 @@ def run_extraction(clips: list[Path], out: Path, settings: dict, embed: Callable
     if failures:
         print("the dataset now lacks those clips for this encoder: set data.allow_missing: true")
     return {"clips": len(clips), "cached": len(cached), "failed": failures, "width": len(vectors[0]),
-            "seconds": seconds}
+            "seconds": seconds, "cpu_seconds": cpu_seconds}

@@ -1,0 +1,156 @@
+"""A local leaderboard of every experiment and ensemble with outputs for one dataset, best OOF score first.
+
+    python src/leaderboard.py [--input DIR] [--markdown]
+Rich table on the console; --markdown prints the table that README's results section is generated from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `src` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from src.errors import UserError, cli
+from src.experiments import EXP_DIR, ROOT
+
+DEFAULT_INPUT = ROOT / "input" / "synthetic"
+FIGURES = ("acc_presence", "acc_salience", "score")
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """(mean, population std) of a list; NaNs when empty. Same convention as the pipeline's seed_spread."""
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values))
+
+
+def metrics_files(dataset: str) -> list[tuple[str, str, Path]]:
+    """(name, kind, metrics.json) of every experiment and ensemble with outputs for the dataset."""
+    found = [(p.parents[2].name, "experiment", p) for p in EXP_DIR.glob(f"exp[0-9]*/output/{dataset}/metrics.json")]
+    found += [(f"ensembles/{p.parents[2].name}", "ensemble", p)
+              for p in EXP_DIR.glob(f"ensembles/*/output/{dataset}/metrics.json")]
+    return sorted(found)
+
+
+def row(name: str, kind: str, m: dict) -> dict:
+    """One leaderboard row from a metrics.json; figures an output lacks are NaN."""
+    out = {"name": name, "kind": kind}
+    for part in ("oof", "test"):
+        for key in FIGURES:
+            out[f"{part}_{key}"] = m.get(part, {}).get(key, math.nan)
+        seeds = [s[part]["score"] for s in m.get("seeds", []) if part in s]
+        out[f"{part}_score_seed_mean"], out[f"{part}_score_seed_std"] = spread(seeds)
+        out[f"{part}_n_seeds"] = len(seeds)
+    folds = [f["score"] for f in m.get("folds", [])]
+    out["oof_score_fold_mean"], out["oof_score_fold_std"] = spread(folds)
+    out["n_folds"] = len(folds)
+    out["runtime_s"] = m.get("runtime_s", math.nan)
+    out["smoke"] = bool(m.get("smoke", False))
+    return out
+
+
+def collect(input_dir: Path) -> pd.DataFrame:
+    """One row per experiment/ensemble with outputs for the dataset named by input_dir, best OOF score first.
+
+    Columns: name, kind, oof_/test_ acc_presence, acc_salience, score (seed-averaged predictions),
+    <part>_score_seed_mean/_std/_n_seeds (each seed decoded on its own), oof_score_fold_mean/_std, n_folds,
+    runtime_s, smoke. Test columns are NaN when the dataset has no test labels.
+    """
+    dataset = Path(input_dir).name
+    rows = []
+    for name, kind, path in metrics_files(dataset):
+        try:
+            rows.append(row(name, kind, json.loads(path.read_text())))
+        except (ValueError, AttributeError, KeyError, TypeError) as err:
+            raise UserError(f"{path}: unreadable metrics ({type(err).__name__}: {err})") from None
+    if not rows:
+        raise UserError(f"no experiment or ensemble has outputs for dataset '{dataset}' "
+                        f"(exp/*/output/{dataset}/metrics.json); run one first, "
+                        f"e.g. bash run.sh exp040 --input {input_dir}")
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["oof_score", "name"], ascending=[False, True], ignore_index=True)
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def fmt_spread(mean: float, std: float, n: int) -> str:
+    return "–" if not n else f"{fmt(mean)} ± {fmt(std)} ({n})"
+
+
+def fmt_runtime(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(header, rows of strings) shared by the console and markdown tables; test columns only when any exist."""
+    with_test = df["test_score"].notna().any()
+    header = ["#", "experiment", "OOF ACC_presence", "OOF ACC_salience", "OOF score",
+              "OOF score over seeds", "OOF score over folds"]
+    if with_test:
+        header += ["test ACC_presence", "test ACC_salience", "test score", "test score over seeds"]
+    header += ["run time", "smoke"]
+    rows = []
+    for i, r in enumerate(df.itertuples(index=False), start=1):
+        cells = [str(i), r.name, fmt(r.oof_acc_presence), fmt(r.oof_acc_salience), fmt(r.oof_score),
+                 fmt_spread(r.oof_score_seed_mean, r.oof_score_seed_std, r.oof_n_seeds),
+                 fmt_spread(r.oof_score_fold_mean, r.oof_score_fold_std, r.n_folds)]
+        if with_test:
+            cells += [fmt(r.test_acc_presence), fmt(r.test_acc_salience), fmt(r.test_score),
+                      fmt_spread(r.test_score_seed_mean, r.test_score_seed_std, r.test_n_seeds)]
+        cells += [fmt_runtime(r.runtime_s), "smoke" if r.smoke else ""]
+        rows.append(cells)
+    return header, rows
+
+
+NOTE = ("OOF: out-of-fold, decoder thresholds refitted per fold on the other folds. Score columns without ± are "
+        "the seed-averaged predictions; ± columns are mean ± std (count) over seeds, each decoded on its own, "
+        "or over folds.")
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """The leaderboard as a markdown table (plus a one-line legend), best OOF score first."""
+    header, rows = display_rows(df)
+    align = ["---" if i == 1 else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + f"\n\n{NOTE}\n"
+
+
+def show(df: pd.DataFrame, dataset: str) -> None:
+    header, rows = display_rows(df)
+    table = Table(title=f"leaderboard on {dataset}", caption=NOTE)
+    for i, col in enumerate(header):
+        table.add_column(col.replace(" ", "\n", 1), justify="left" if i == 1 else "right", no_wrap=True)
+    for cells in rows:
+        table.add_row(*cells)
+    Console(width=max(220, Console().width)).print(table)  # a pipe reports 80 columns, too narrow for 13
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Local leaderboard of every experiment and ensemble on a dataset.")
+    p.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="dataset folder (default: input/synthetic)")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table instead of the console table")
+    args = p.parse_args(argv)
+    df = collect(args.input)
+    if args.markdown:
+        print(to_markdown(df), end="")
+    else:
+        show(df, args.input.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,621 @@
+"""The paper's figures and a report.md for one experiment, regenerated from its saved outputs (no retraining).
+
+    python src/report.py exp042 [--input DIR]
+writes exp/<id>_<slug>/output/<dataset>/figures/*.png and report.md. A figure the experiment has nothing for
+(no gates for an MLP, no projections.npz, no exp041 sweep on this dataset) is skipped with a note.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from functools import cached_property
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `src` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from src import data as data_mod
+from src.cka import cka_matrix
+from src.decode import combine_heads, decode_thresholds
+from src.errors import UserError, cli
+from src.experiments import ROOT, resolve
+from src.io import atomic_write, write_text
+from src.labels import BLEND_RATIOS, CONFIGS, EMOTIONS, IS_BLEND
+from src.metric import score
+
+DEFAULT_INPUT = ROOT / "input" / "synthetic"
+SWEEP_EXPERIMENT = "exp041"  # the top-n sweep whose per_top_n.csv feeds figure 1
+# Encoder names are free-form: an encoder is audio when its name contains one of these, video otherwise.
+AUDIO_HINTS = ("hubert", "wavlm", "wav2vec", "whisper", "audio", "beats", "clap", "vggish", "panns",
+               "emotion2vec", "egemaps", "opensmile", "mfcc", "speech", "voice", "encodec", "wav")
+GROUP_COLORS = {"video": "tab:blue", "audio": "tab:orange"}
+
+# Configurations grouped by emotion set: 6 singles (EMOTIONS order) then the 10 pairs; ratio within a pair.
+SET_NAMES = list(dict.fromkeys("+".join(e for e, _ in c) for c in CONFIGS))  # 16 names
+SET_OF_CONFIG = np.array([SET_NAMES.index("+".join(e for e, _ in c)) for c in CONFIGS])  # [36]
+RATIO_OF_CONFIG = np.array([BLEND_RATIOS.index(tuple(s for _, s in c)) if len(c) == 2 else -1 for c in CONFIGS])
+RATIO_NAMES = [f"{a}/{b}" for a, b in BLEND_RATIOS]  # salience of the pair's first-named emotion / second
+
+
+class Skip(Exception):
+    """A figure the experiment has no data for; the message goes into report.md."""
+
+
+def modality(encoder: str) -> str:
+    """'audio' or 'video' from the encoder's name (AUDIO_HINTS)."""
+    return "audio" if any(h in encoder.lower() for h in AUDIO_HINTS) else "video"
+
+
+def columns(frame: pd.DataFrame, prefix: str) -> np.ndarray:
+    """The six `<prefix>_<e>` columns, float [N, 6] in EMOTIONS order."""
+    return frame[[f"{prefix}_{e}" for e in EMOTIONS]].to_numpy(dtype=np.float64)
+
+
+def redecode_oof(oof: pd.DataFrame, decoder: dict) -> np.ndarray:
+    """oof.csv rows + metrics['decoder'] -> the honest OOF predictions, int [N] configuration indices.
+
+    Fold k is decoded with the parameters fitted on the other folds (decoder['per_fold']), exactly as the
+    pipeline scored `metrics['oof']`; with two heads the per-fold head weight re-fuses presence and salience.
+    Raises Skip for a decoder that needs more than oof.csv holds (an ensemble's expected-score decoder).
+    """
+    prob = columns(oof, "prob")
+    if decoder["name"] == "nearest":
+        from src.pipeline import nearest  # imports torch, so only for the decoder that needs it
+        return nearest(prob)
+    two_heads = all(f"{p}_{e}" in oof for p in ("presence", "salience") for e in EMOTIONS)
+    folds = oof["fold"].to_numpy()
+    pred = np.full(len(oof), -1)
+    for params in decoder["per_fold"]:
+        if params.get("name", "threshold") != "threshold":
+            raise Skip(f"fold {params['fold']} uses the '{params['name']}' decoder, which needs the configuration "
+                       "probabilities that oof.csv does not hold")
+        rows = folds == params["fold"]
+        weight = params.get("head_weight")
+        inputs = (combine_heads(columns(oof[rows], "presence"), columns(oof[rows], "salience"), weight)
+                  if weight is not None and two_heads else prob[rows])
+        pred[rows] = decode_thresholds(inputs, params["alpha"], params["beta"])
+    if (pred < 0).any():
+        raise UserError(f"oof.csv: folds {sorted(set(folds[pred < 0]))} have no decoder parameters in metrics.json")
+    return pred
+
+
+def feature_bytes(root: Path, encoder: str) -> int:
+    files = [root / "features" / f"{encoder}.npz", *(root / "features" / encoder).glob("*.npz")]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def train_truth(input_dir: Path) -> pd.DataFrame:
+    """filename, label (configuration index), actor of every train clip, read by src.data."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: dataset folder not found")
+    # the labels do not depend on the features: read only the smallest encoder file
+    smallest = sorted(data_mod.available_encoders(root), key=lambda e: feature_bytes(root, e))[:1]
+    ds = data_mod.load(root, smallest or "all")
+    return pd.DataFrame({"filename": ds.train_files, "label": ds.labels, "actor": ds.actors})
+
+
+def display_path(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def output_dir(exp_dir: Path, input_dir: Path) -> Path:
+    """Where an experiment (or ensemble) folder keeps its outputs for a dataset; UserError when absent."""
+    out = Path(exp_dir) / "output" / Path(input_dir).name
+    if not (out / "metrics.json").is_file() or not (out / "oof.csv").is_file():
+        exp_id = Path(exp_dir).name.split("_", 1)[0]
+        raise UserError(f"{display_path(exp_dir)} has no outputs for dataset '{Path(input_dir).name}' "
+                        f"(no {display_path(out)}/metrics.json); "
+                        f"run: bash run.sh {exp_id} --input {display_path(input_dir)}")
+    return out
+
+
+class Run:
+    """One experiment's saved outputs for one dataset, joined by filename to the true labels and actors."""
+
+    def __init__(self, exp_dir: Path, input_dir: Path):
+        self.exp_dir, self.input_dir = Path(exp_dir).resolve(), Path(input_dir)
+        self.name, self.dataset = self.exp_dir.name, self.input_dir.name
+        self.out = output_dir(self.exp_dir, self.input_dir)
+        self.metrics = json.loads((self.out / "metrics.json").read_text())
+        config_path = self.out / "config.resolved.yaml"
+        self.config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
+        oof = pd.read_csv(self.out / "oof.csv")
+        truth = train_truth(self.input_dir)
+        missing = sorted(set(oof["filename"]) ^ set(truth["filename"]))
+        if missing:
+            raise UserError(f"{display_path(self.out)}/oof.csv and {self.input_dir}/train_metadata.csv differ in "
+                            f"{len(missing)} clips (e.g. {missing[0]}): outputs from another version of the dataset?")
+        self.oof = oof.merge(truth, on="filename", validate="one_to_one")
+        self.decode_problem = None
+        try:
+            self.oof["pred"] = redecode_oof(self.oof, self.metrics["decoder"])
+            again, saved = score(self.oof["pred"], self.oof["label"]), self.metrics["oof"]
+            if any(abs(again[k] - saved[k]) > 1e-6 for k in ("acc_presence", "acc_salience", "score")):
+                self.decode_problem = (f"re-decoding oof.csv gives OOF score {again['score']:.6f}, but metrics.json "
+                                       f"says {saved['score']:.6f}")
+        except Skip as why:
+            self.decode_problem = str(why)
+        self.encoders = [c[len("gate_"):] for c in self.oof.columns if c.startswith("gate_")]
+
+    @property
+    def gates(self) -> np.ndarray:
+        """float [N, E]: each clip's weight per encoder (0 when not selected), averaged over seeds."""
+        if not self.encoders:
+            raise Skip("the model has no encoder gate (only fusion models write gate_<encoder> columns)")
+        return self.oof[[f"gate_{e}" for e in self.encoders]].to_numpy(dtype=np.float64)
+
+    @property
+    def decoded(self) -> pd.DataFrame:
+        """oof rows with `pred`, the honest OOF predictions that reproduce metrics['oof']."""
+        if self.decode_problem:
+            raise Skip(self.decode_problem)
+        return self.oof
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.metrics.get("seeds", [])) or 1
+
+    @property
+    def top_n(self) -> int | None:
+        """Encoders kept per clip: the sweep's best n, the config's top_n, or all encoders."""
+        if "best_top_n" in self.metrics:
+            return int(self.metrics["best_top_n"])
+        top_n = self.config.get("model", {}).get("top_n", "all")
+        if top_n == "all":
+            return len(self.encoders) or None
+        return min(int(top_n), len(self.encoders))
+
+    def groups(self) -> dict[str, list[int]]:
+        """modality -> indices into self.encoders (only groups that have an encoder)."""
+        out: dict[str, list[int]] = {}
+        for i, enc in enumerate(self.encoders):
+            out.setdefault(modality(enc), []).append(i)
+        return dict(sorted(out.items(), key=lambda kv: kv[0] != "video"))
+
+    @cached_property
+    def actor_scores(self) -> pd.DataFrame:
+        """actor, fold, n, score, acc_presence, acc_salience per actor, best first."""
+        rows = [{"actor": actor, "fold": int(g["fold"].iloc[0]), **score(g["pred"], g["label"])}
+                for actor, g in self.decoded.groupby("actor")]
+        return pd.DataFrame(rows).sort_values("score", ascending=False, ignore_index=True)
+
+    @cached_property
+    def cka(self) -> tuple[list[str], np.ndarray]:
+        """(encoders [E], float [E, E]): linear CKA between projected encoder embeddings, averaged over folds.
+
+        Each fold's rows come from that fold's own model, whose projection spaces differ from the other
+        folds' models, so CKA is computed within a fold and then averaged.
+        """
+        path = self.out / "projections.npz"
+        if not path.is_file():
+            raise Skip("no projections.npz (written by single fusion runs; not by MLPs, sweeps or ensembles)")
+        with np.load(path) as z:
+            proj, encoders, filenames = z["projections"].astype(np.float64), list(z["encoders"]), z["filenames"]
+        fold_of = dict(zip(self.oof["filename"], self.oof["fold"]))
+        folds = np.array([fold_of[f] for f in filenames])
+        per_fold = [cka_matrix([proj[folds == k, e] for e in range(len(encoders))]) for k in np.unique(folds)]
+        return [str(e) for e in encoders], np.mean(per_fold, 0)
+
+    @cached_property
+    def sweep(self) -> pd.DataFrame:
+        """per_top_n.csv of the sweep experiment on the same dataset, sorted by n."""
+        try:
+            sweep_dir = resolve(SWEEP_EXPERIMENT)
+        except UserError:
+            raise Skip(f"no {SWEEP_EXPERIMENT} experiment folder") from None
+        path = sweep_dir / "output" / self.dataset / "per_top_n.csv"
+        if not path.is_file():
+            raise Skip(f"{sweep_dir.name} has no outputs for dataset '{self.dataset}' "
+                       f"(run: bash run.sh {SWEEP_EXPERIMENT} --input {display_path(self.input_dir)})")
+        return pd.read_csv(path).sort_values("top_n", ignore_index=True)
+
+
+# ---- figures: each takes a Run and returns a Figure, or raises Skip ---------------------------------------
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
+    return fig
+
+
+def group_legend(run: Run) -> str:
+    lines = [f"{g}: {', '.join(run.encoders[i] for i in idx)}" for g, idx in run.groups().items()]
+    return "\n".join(textwrap.fill(s, 90) for s in lines) + "\n(audio = name contains hubert, wavlm, wav2vec, " \
+        "whisper, audio, beats, ...; video = the rest)"
+
+
+def fig_topn(run: Run) -> Figure:
+    table = run.sweep
+    fig = new_figure(7, 4.5)
+    ax = fig.subplots()
+    if "oof_score_mean" in table:  # written when the sweep's seeds were scored one by one
+        ax.errorbar(table["top_n"], table["oof_score_mean"], yerr=table["oof_score_std"], fmt="o-", capsize=4,
+                    label="OOF, mean ± std over seeds")
+    ax.plot(table["top_n"], table["oof_score"], "s--", alpha=0.8, label="OOF, seed-averaged probabilities")
+    if "test_score" in table:
+        ax.plot(table["top_n"], table["test_score"], "^:", alpha=0.8, label="test, seed-averaged probabilities")
+    if run.top_n is not None and run.name.split("_")[0] != SWEEP_EXPERIMENT:
+        ax.axvline(run.top_n, color="grey", ls=":", label=f"{run.name}: n = {run.top_n}")
+    ax.set_xticks(table["top_n"])
+    ax.set_xlabel("n = encoders kept per clip")
+    ax.set_ylabel("score = (ACC_presence + ACC_salience) / 2")
+    ax.set_title(f"{SWEEP_EXPERIMENT} top-n sweep on {run.dataset}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def fig_modality(run: Run) -> Figure:
+    gates, groups = run.gates, run.groups()
+    share = {g: gates[:, idx].sum(1) for g, idx in groups.items()}  # per clip, sums to 1 over groups
+    fig = new_figure(11, 5)
+    left, right = fig.subplots(1, 2, width_ratios=[1, 2])
+    box = left.boxplot(list(share.values()), tick_labels=list(share), patch_artist=True, showmeans=True,
+                       medianprops={"color": "k"}, flierprops={"markersize": 2, "alpha": 0.3})
+    for patch, g in zip(box["boxes"], share):
+        patch.set_facecolor(GROUP_COLORS[g])
+        patch.set_alpha(0.6)
+    for x, (g, idx) in enumerate(groups.items(), start=1):
+        left.hlines(len(idx) / len(run.encoders), x - 0.4, x + 0.4, colors="k", linestyles=":")
+    left.set_ylabel("summed gate weight per clip")
+    left.set_title("per clip (dotted: uniform weights)", fontsize=9)
+    # mean share per true emotion set: does the gate lean on audio for the emotions audio hears best?
+    labels = run.oof["label"].to_numpy()
+    kind = np.where(IS_BLEND[labels], "blend", np.array(SET_NAMES)[SET_OF_CONFIG[labels]])
+    order = list(EMOTIONS) + ["blend"]
+    bottom = np.zeros(len(order))
+    for g, values in share.items():
+        means = np.array([values[kind == k].mean() if (kind == k).any() else 0.0 for k in order])
+        right.bar(order, means, bottom=bottom, color=GROUP_COLORS[g], alpha=0.7, label=g)
+        bottom += means
+    right.set_ylabel("mean summed gate weight")
+    right.set_xlabel("true label of the clip")
+    right.set_title("by true label", fontsize=9)
+    right.legend()
+    fig.suptitle(f"{run.name}: importance by modality group (OOF clips)\n{group_legend(run)}", fontsize=9)
+    return fig
+
+
+def fig_selection(run: Run) -> Figure:
+    selected = (run.gates > 0).mean(0)
+    order = np.argsort(-selected, kind="stable")
+    fig = new_figure(max(6, 0.8 * len(order) + 2), 4.5)
+    ax = fig.subplots()
+    ax.bar([run.encoders[i] for i in order], selected[order],
+           color=[GROUP_COLORS[modality(run.encoders[i])] for i in order])
+    if run.top_n:
+        ax.axhline(run.top_n / len(run.encoders), color="k", ls=":", label=f"n/E = {run.top_n}/{len(run.encoders)} "
+                   "(every encoder equally often)")
+        ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction of OOF clips with gate > 0")
+    ax.tick_params(axis="x", rotation=30)
+    seeds = f"; with {run.n_seeds} seeds, selected by at least one seed" if run.n_seeds > 1 else ""
+    ax.set_title(f"{run.name}: how often each encoder is in the top-n{seeds}\n(blue video, orange audio)", fontsize=9)
+    return fig
+
+
+def fig_fold_heatmap(run: Run) -> Figure:
+    gates, folds = run.gates, run.oof["fold"].to_numpy()
+    fold_ids = np.unique(folds)
+    mean = np.array([gates[folds == k].mean(0) for k in fold_ids])  # [K, E]
+    fig = new_figure(max(6, 0.9 * len(run.encoders) + 2), 0.5 * len(fold_ids) + 2.5)
+    ax = fig.subplots()
+    image = ax.imshow(mean, cmap="viridis", aspect="auto")
+    scaled = (mean - mean.min()) / max(mean.max() - mean.min(), 1e-12)  # position on the colour scale
+    for (k, e), v in np.ndenumerate(mean):
+        ax.text(e, k, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                color="white" if scaled[k, e] < 0.5 else "black")
+    ax.set_xticks(range(len(run.encoders)), run.encoders, rotation=30, ha="right")
+    ax.set_yticks(range(len(fold_ids)), [f"fold {k}" for k in fold_ids])
+    fig.colorbar(image, ax=ax, label="mean gate weight")
+    ax.set_title(f"{run.name}: mean encoder importance per fold (validation clips of each fold)", fontsize=9)
+    return fig
+
+
+def fig_gate_distribution(run: Run) -> Figure:
+    gates = run.gates
+    order = np.argsort(-gates.mean(0), kind="stable")
+    fig = new_figure(max(6, 0.8 * len(order) + 2), 4.5)
+    ax = fig.subplots()
+    box = ax.boxplot([gates[:, i] for i in order], tick_labels=[run.encoders[i] for i in order], patch_artist=True,
+                     showmeans=True, medianprops={"color": "k"}, flierprops={"markersize": 2, "alpha": 0.3})
+    for patch, i in zip(box["boxes"], order):
+        patch.set_facecolor(GROUP_COLORS[modality(run.encoders[i])])
+        patch.set_alpha(0.6)
+    ax.set_ylabel("gate weight per clip (0 = not selected)")
+    ax.tick_params(axis="x", rotation=30)
+    ax.set_title(f"{run.name}: distribution of importance weights per encoder (triangle: mean)\n"
+                 "(blue video, orange audio)", fontsize=9)
+    return fig
+
+
+def fig_cka(run: Run) -> Figure:
+    encoders, matrix = run.cka
+    order = sorted(range(len(encoders)), key=lambda i: (modality(encoders[i]) != "video", encoders[i]))
+    matrix = matrix[np.ix_(order, order)]
+    names = [encoders[i] for i in order]
+    fig = new_figure(0.8 * len(names) + 3, 0.7 * len(names) + 2)
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="magma", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    fig.colorbar(image, ax=ax, label="linear CKA")
+    ax.set_title(f"{run.name}: linear CKA between projected encoder embeddings\n"
+                 "(OOF clips, seed 0, within each fold then averaged; video first, then audio)", fontsize=9)
+    return fig
+
+
+def confusion_counts(run: Run):
+    """(emotion-set confusion int [16, 16] true x predicted, ratio confusion int [3, 3] for blends whose pair
+    was predicted right)."""
+    true, pred = run.decoded["label"].to_numpy(), run.decoded["pred"].to_numpy()
+    sets = np.zeros((len(SET_NAMES), len(SET_NAMES)), dtype=int)
+    np.add.at(sets, (SET_OF_CONFIG[true], SET_OF_CONFIG[pred]), 1)
+    pair_right = (RATIO_OF_CONFIG[true] >= 0) & (SET_OF_CONFIG[true] == SET_OF_CONFIG[pred])
+    ratios = np.zeros((len(BLEND_RATIOS), len(BLEND_RATIOS)), dtype=int)
+    np.add.at(ratios, (RATIO_OF_CONFIG[true][pair_right], RATIO_OF_CONFIG[pred][pair_right]), 1)
+    return sets, ratios
+
+
+def fig_confusion(run: Run) -> Figure:
+    sets, ratios = confusion_counts(run)
+    fig = new_figure(12, 7)
+    left, right = fig.subplots(1, 2, width_ratios=[2.6, 1])
+    rate = sets / np.clip(sets.sum(1, keepdims=True), 1, None)
+    left.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), c in np.ndenumerate(sets):
+        if c:
+            left.text(j, i, f"{100 * rate[i, j]:.0f}", ha="center", va="center", fontsize=6.5,
+                      color="white" if rate[i, j] > 0.5 else "black")
+    left.set_xticks(range(len(SET_NAMES)), SET_NAMES, rotation=60, ha="right", fontsize=8)
+    left.set_yticks(range(len(SET_NAMES)), SET_NAMES, fontsize=8)
+    left.axhline(len(EMOTIONS) - 0.5, color="grey", lw=0.8)
+    left.axvline(len(EMOTIONS) - 0.5, color="grey", lw=0.8)
+    left.set_xlabel("predicted emotion set")
+    left.set_ylabel("true emotion set")
+    left.set_title("emotion sets (percent of each true row; singles, then pairs)", fontsize=9)
+    ratio_rate = ratios / np.clip(ratios.sum(1, keepdims=True), 1, None)
+    right.imshow(ratio_rate, cmap="Greens", vmin=0, vmax=1)
+    for (i, j), c in np.ndenumerate(ratios):
+        right.text(j, i, f"{c}\n({ratio_rate[i, j]:.0%})", ha="center", va="center", fontsize=8,
+                   color="white" if ratio_rate[i, j] > 0.5 else "black")
+    right.set_xticks(range(len(RATIO_NAMES)), RATIO_NAMES)
+    right.set_yticks(range(len(RATIO_NAMES)), RATIO_NAMES)
+    right.set_xlabel("predicted ratio")
+    right.set_ylabel("true ratio (first-named emotion / second)")
+    total = ratios.sum()
+    right.set_title(f"ratio, for the {total} blends whose pair was right\n"
+                    f"ratio right: {np.trace(ratios) / max(total, 1):.0%}", fontsize=9)
+    fig.suptitle(f"{run.name}: OOF confusion (honest decoding)", fontsize=10)
+    return fig
+
+
+def fig_actor(run: Run) -> Figure:
+    table = run.actor_scores
+    fig = new_figure(max(7, 0.25 * len(table) + 2), 4.5)
+    ax = fig.subplots()
+    colors = [f"C{k % 10}" for k in table["fold"]]
+    ax.bar(table["actor"], table["score"], color=colors)
+    line = ax.axhline(run.metrics["oof"]["score"], color="k", ls="--",
+                      label=f"all clips {run.metrics['oof']['score']:.3f}")
+    folds = [Patch(color=f"C{k % 10}", label=f"fold {k}") for k in sorted(table["fold"].unique())]
+    ax.set_ylabel("OOF score of the actor's clips")
+    ax.tick_params(axis="x", rotation=90, labelsize=7)
+    ax.legend(handles=[line, *folds], fontsize=7, ncol=2)
+    ax.set_title(f"{run.name}: score per actor (each actor unseen by the model that predicts it)", fontsize=9)
+    return fig
+
+
+# name, title, what it shows, function
+FIGURES = (
+    ("topn_curve", "Score against the number of selected encoders n",
+     f"OOF score of the {SWEEP_EXPERIMENT} sweep for each n: mean ± std over seeds (error bars), the score of the "
+     "seed-averaged probabilities, and the test score when the dataset has test labels.", fig_topn),
+    ("modality_importance", "Importance by modality group",
+     "Per clip, the gate weight summed over the video encoders and over the audio encoders (left), and its mean "
+     "by the clip's true label (right).", fig_modality),
+    ("selection_frequency", "How often each encoder is selected",
+     "Fraction of OOF clips whose gate for the encoder is above zero, i.e. the encoder is in the clip's top-n.",
+     fig_selection),
+    ("fold_importance", "Mean encoder importance per fold",
+     "Mean gate weight of each encoder over each fold's validation clips (each predicted by that fold's models).",
+     fig_fold_heatmap),
+    ("gate_distribution", "Distribution of importance weights",
+     "Box plot of the per-clip gate weight of each encoder, zeros (not selected) included.", fig_gate_distribution),
+    ("cka", "Linear CKA between projected encoder embeddings",
+     "Pairwise linear CKA of the encoders' 256-d projections (shared space, before the gate), OOF clips of seed 0.",
+     fig_cka),
+    ("confusion", "Confusion over label configurations",
+     "Emotion sets (6 singles + 10 pairs, rows normalised), and the ratio confusion of the blends whose pair was "
+     "right.", fig_confusion),
+    ("actor_scores", "Score per actor",
+     "OOF score of each actor's clips (sorted), coloured by fold; unseen actors are the known bottleneck.", fig_actor),
+)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    return atomic_write(path, lambda p: fig.savefig(p, format="png"))
+
+
+# ---- findings and report.md ---------------------------------------------------------------------------
+
+def fmt_pm(values) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.4f} ± {values.std():.4f}" if len(values) else "n/a"
+
+
+def score_findings(run: Run) -> list[str]:
+    m = run.metrics
+    folds = [f["score"] for f in m["folds"]]
+    seeds = [s["oof"]["score"] for s in m.get("seeds", [])]
+    honest = ""
+    if "oof_thresholds_in_sample" in m and m["decoder"]["name"] == "threshold":
+        honest = (f" with thresholds refitted per fold on the other folds ({m['oof_thresholds_in_sample']['score']:.4f}"
+                  " if fitted on all OOF rows, which is optimistic)")
+    return [f"OOF score {m['oof']['score']:.4f}{honest}; over folds {fmt_pm(folds)} (worst {min(folds):.4f}, "
+            f"best {max(folds):.4f})" + (f"; over {len(seeds)} seeds {fmt_pm(seeds)}" if len(seeds) > 1 else "") + "."]
+
+
+def gate_findings(run: Run) -> list[str]:
+    gates, folds = run.gates, run.oof["fold"].to_numpy()
+    mean, selected = gates.mean(0), (gates > 0).mean(0)
+    hi, lo = int(np.argmax(mean)), int(np.argmin(mean))
+    shares = [f"{g} {gates[:, idx].sum(1).mean():.0%} of the gate weight from {len(idx)} of "
+              f"{len(run.encoders)} encoders" for g, idx in run.groups().items()]
+    top = [run.encoders[int(np.argmax(gates[folds == k].mean(0)))] for k in np.unique(folds)]
+    agree = max(top.count(e) for e in top)
+    return [f"Most used encoder: {run.encoders[hi]} (mean gate {mean[hi]:.3f}, in the top-n of {selected[hi]:.0%} "
+            f"of clips); least used: {run.encoders[lo]} ({mean[lo]:.3f}, {selected[lo]:.0%}).",
+            "By modality: " + "; ".join(shares) + ".",
+            f"Top encoder per fold: {', '.join(top)} ({agree} of {len(top)} folds agree)."]
+
+
+def cka_findings(run: Run) -> list[str]:
+    names, matrix = run.cka
+    pairs = [(matrix[i, j], names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    if not pairs:
+        return []
+    hi, lo = max(pairs), min(pairs)
+    return [f"Most similar projections: {hi[1]} and {hi[2]} (CKA {hi[0]:.2f}); least similar: {lo[1]} and {lo[2]} "
+            f"({lo[0]:.2f})."]
+
+
+def decoded_findings(run: Run) -> list[str]:
+    actors, (sets, ratios) = run.actor_scores, confusion_counts(run)
+    out = [f"Per-actor OOF score ranges from {actors['score'].iloc[-1]:.3f} ({actors['actor'].iloc[-1]}) to "
+           f"{actors['score'].iloc[0]:.3f} ({actors['actor'].iloc[0]}), std {actors['score'].std(ddof=0):.3f} over "
+           f"{len(actors)} actors."]
+    off = sets - np.diag(np.diag(sets))
+    i, j = np.unravel_index(int(np.argmax(off)), off.shape)
+    if off[i, j]:
+        out.append(f"Most frequent emotion-set error: true {SET_NAMES[i]} predicted as {SET_NAMES[j]} "
+                   f"({off[i, j]} of {sets[i].sum()} clips).")
+    if ratios.sum():
+        out.append(f"Of the {ratios.sum()} blends whose pair was right, {np.trace(ratios) / ratios.sum():.0%} also "
+                   "got the ratio right.")
+    return out
+
+
+def sweep_findings(run: Run) -> list[str]:
+    sweep = run.sweep
+    best = sweep.loc[sweep["oof_score"].idxmax()]
+    return [f"In the {SWEEP_EXPERIMENT} sweep the best OOF score is at n = {int(best['top_n'])} "
+            f"({best['oof_score']:.4f}) of {int(sweep['top_n'].max())}."]
+
+
+def findings(run: Run) -> list[str]:
+    """A few sentences read off the numbers behind the figures; parts without data are left out."""
+    out = []
+    for part in (score_findings, gate_findings, cka_findings, decoded_findings, sweep_findings):
+        try:
+            out += part(run)
+        except Skip:
+            pass
+    if run.decode_problem:
+        out.append(f"OOF predictions not re-decoded ({run.decode_problem}): no confusion or per-actor figures.")
+    return out
+
+
+def metrics_table(m: dict) -> str:
+    head = "| rows | n | n_blend | ACC_presence | ACC_salience | score |\n|---|---|---|---|---|---|\n"
+    row = lambda name, r: (f"| {name} | {r['n']} | {r['n_blend']} | {r['acc_presence']:.4f} | "
+                           f"{r['acc_salience']:.4f} | {r['score']:.4f} |\n")
+    text = head + row("**OOF** (thresholds refitted per fold)", m["oof"])
+    if "oof_thresholds_in_sample" in m:
+        text += row("OOF, thresholds fitted in-sample", m["oof_thresholds_in_sample"])
+    text += "".join(row(f"fold {f['fold']}", f) for f in m["folds"])
+    if "test" in m:
+        text += row("**test**", m["test"])
+    seeds = m.get("seeds", [])
+    if len(seeds) > 1:
+        text += f"\nOver {len(seeds)} seeds (each seed decoded on its own): OOF score " \
+                f"{fmt_pm([s['oof']['score'] for s in seeds])}"
+        if all("test" in s for s in seeds):
+            text += f", test score {fmt_pm([s['test']['score'] for s in seeds])}"
+        text += " (mean ± std).\n"
+    return text
+
+
+DECODER_KEYS = ("name", "alpha", "beta", "head_weight", "blend_share")  # those a reader needs; others omitted
+
+
+def decoder_text(d: dict) -> str:
+    if d["name"] == "nearest":
+        return "`nearest`: each probability vector gets the configuration with the closest salience vector.\n"
+    fitted = ", ".join(f"{k} {d[k]}" for k in DECODER_KEYS if k in d)
+    text = f"Fitted on all OOF rows (used for test): {fitted}.\n"
+    per_fold = d.get("per_fold", [])
+    keys = ["fold"] + [k for k in DECODER_KEYS if any(k in p for p in per_fold)]
+    if per_fold:
+        text += ("\nThe OOF score uses per-fold refits on the other folds:\n\n| " + " | ".join(keys) + " |\n|"
+                 + "---|" * len(keys) + "\n" + "".join("| " + " | ".join(str(p.get(k, "")) for k in keys) + " |\n"
+                                                     for p in per_fold))
+    return text
+
+
+def write_report(exp_dir: Path, input_dir: Path) -> Path:
+    """Figures under output/<dataset>/figures/ and report.md next to them; returns the report's path."""
+    run = Run(exp_dir, input_dir)
+    sections = []
+    for number, (name, title, caption, draw) in enumerate(FIGURES, start=1):
+        try:
+            save_figure(draw(run), run.out / "figures" / f"{name}.png")
+            body = f"{caption}\n\n![{title}](figures/{name}.png)"
+        except Skip as why:
+            (run.out / "figures" / f"{name}.png").unlink(missing_ok=True)  # no stale figure from an older run
+            body = f"{caption}\n\n_Skipped: {why}._"
+        sections.append(f"### {number}. {title}\n\n{body}\n")
+    m = run.metrics
+    smoke = "\n**Smoke run** (tiny training budget): the numbers only show that the pipeline works.\n" \
+        if m.get("smoke") else ""
+    groups = "; ".join(f"{g}: {', '.join(run.encoders[i] for i in idx)}" for g, idx in run.groups().items())
+    is_experiment = run.exp_dir.parent == ROOT / "exp" and run.name.startswith("exp")
+    command = (f"python src/report.py {run.name.split('_')[0] if is_experiment else display_path(run.exp_dir)} "
+               f"--input {display_path(run.input_dir)}")
+    text = (f"# {run.name} on {run.dataset}\n\n"
+            f"Generated by `{command}` from the saved outputs in `{display_path(run.out)}` (no retraining). "
+            f"Run time {m.get('runtime_s', 'n/a')} s.\n{smoke}\n"
+            f"## Scores\n\n{metrics_table(m)}\n## Decoder\n\n{decoder_text(m['decoder'])}\n"
+            "## Findings\n\n" + "".join(f"- {s}\n" for s in findings(run))
+            + "\n## Figures\n\n"
+            + (f"Modality groups by encoder name (audio = the name contains one of {', '.join(AUDIO_HINTS)}; "
+               f"video = the rest): {groups}.\n\n" if run.encoders else "")
+            + "\n".join(sections))
+    return write_text(run.out / "report.md", text)
+
+
+def resolve_folder(name: str) -> Path:
+    """An experiment id ('exp042'), or an existing folder such as exp/ensembles/NAME."""
+    path = Path(name)
+    for candidate in (path, ROOT / path):
+        if (candidate / "output").is_dir():
+            return candidate.resolve()
+    return resolve(name)
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Figures and report.md of an experiment, from its saved outputs.")
+    p.add_argument("experiment", help="experiment id (exp042) or a folder with output/ (exp/ensembles/NAME)")
+    p.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="dataset folder (default: input/synthetic)")
+    args = p.parse_args(argv)
+    path = write_report(resolve_folder(args.experiment), args.input)
+    print(f"wrote {display_path(path)} and {display_path(path.parent / 'figures')}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Linear CKA, the OOF re-decode, the per-experiment report and the leaderboard, on outputs of real smoke runs."""
+import json
+import uuid
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from conftest import TINY, remove_outputs, run_exp, run_script
+from src import synth
+from src.cka import cka_matrix, linear_cka
+from src.experiments import resolve
+from src.leaderboard import collect, to_markdown
+from src.metric import score
+from src.report import FIGURES, Run, Skip, modality, redecode_oof, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SWEEP_ENCODERS = "[openface,hubert]"  # the sweep trains one model per n: two encoders keep it to n = 1, 2
+# one torch thread: on a small shared machine the thread pool's start-up costs seconds per run, training ~0.3 s
+ONE_THREAD = ("--set", "train.num_threads=1")
+
+
+def hsic_cka(x, y):
+    """Reference: CKA from centred linear Gram matrices, tr(KHLH) / sqrt(tr(KHKH) tr(LHLH))."""
+    n = len(x)
+    h = np.eye(n) - 1.0 / n
+    k, l = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return np.sum(k * l) / np.sqrt(np.sum(k * k) * np.sum(l * l))
+
+
+def test_linear_cka_identity_invariances_and_unrelated():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 12))
+    y = x @ rng.normal(size=(12, 8)) + 0.5 * rng.normal(size=(300, 8))  # related, but not a rotation of x
+    rotation, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    base = linear_cka(x, y)
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3.7 * x @ rotation) == pytest.approx(1.0)
+    assert linear_cka(x @ rotation, y) == pytest.approx(base)
+    assert linear_cka(0.01 * x, 50 * y) == pytest.approx(base)
+    assert linear_cka(x, y) == pytest.approx(hsic_cka(x, y))
+    assert 0.3 < base < 0.99
+    assert linear_cka(x, rng.normal(size=(300, 8))) < 0.15  # independent noise
+    matrix = cka_matrix([x, y, x @ rotation])
+    assert np.allclose(matrix, matrix.T) and np.allclose(np.diag(matrix), 1.0) and matrix[0, 2] == pytest.approx(1.0)
+
+
+def test_modality_groups_by_name():
+    assert [modality(e) for e in ("hubert", "WavLM_large", "whisper-small", "my_audio_enc", "beats")] == ["audio"] * 5
+    assert [modality(e) for e in ("openface", "clip", "videomae", "imagebind", "dinov2")] == ["video"] * 5
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny dataset and smoke outputs of a fusion model, its top-n sweep, an MLP and a nearest-decoder prior."""
+    name = f"tiny_rep_{uuid.uuid4().hex[:8]}"
+    path = synth.write(tmp_path_factory.mktemp("report") / name, seed=0, **TINY)
+    try:
+        run_exp("exp040", path, "--smoke", *ONE_THREAD)
+        run_exp("exp041", path, "--smoke", *ONE_THREAD, "--set", f"data.encoders={SWEEP_ENCODERS}")
+        run_exp("exp020", path, "--smoke", *ONE_THREAD)
+        run_exp("exp000", path, "--smoke")
+        yield path
+    finally:
+        remove_outputs(name)
+
+
+@pytest.mark.parametrize("exp_id", ["exp040", "exp020", "exp000"])
+def test_redecode_reproduces_saved_oof_metrics(tiny, exp_id):
+    run = Run(resolve(exp_id), tiny)
+    metrics = json.loads((run.out / "metrics.json").read_text())
+    pred, true, folds = run.oof["pred"].to_numpy(), run.oof["label"].to_numpy(), run.oof["fold"].to_numpy()
+    oof = score(pred, true)
+    assert {k: round(v, 6) if isinstance(v, float) else v for k, v in oof.items()} == metrics["oof"]
+    # per-fold figures are stored unrounded: they must match to the last digit
+    assert [{"fold": int(k), **score(pred[folds == k], true[folds == k])} for k in np.unique(folds)] == metrics["folds"]
+
+
+def test_redecode_refuses_a_decoder_that_oof_csv_cannot_reproduce(tiny):
+    run = Run(resolve("exp020"), tiny)
+    expected_score = {"name": "threshold", "per_fold": [{"fold": 0, "name": "expected", "blend_share": 0.5}]}
+    with pytest.raises(Skip, match="expected"):
+        redecode_oof(run.oof, expected_score)
+
+
+def check_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 5000, (path, len(data))
+    image = imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100, (path, image.shape)
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 1, path
+
+
+def test_report_of_a_fusion_run_has_every_figure(tiny):
+    proc = run_script("src/report.py", "exp040", "--input", tiny)
+    assert proc.returncode == 0, proc.stderr
+    out = resolve("exp040") / "output" / tiny.name
+    report = (out / "report.md").read_text()
+    for name, title, _, _ in FIGURES:
+        check_png(out / "figures" / f"{name}.png")
+        assert f"(figures/{name}.png)" in report
+    assert "Skipped" not in report
+    assert "Most used encoder" in report and "hubert" in report and "audio" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"{metrics['oof']['score']:.4f}" in report
+    # the sweep figure reads exp041's per_top_n.csv of the same dataset: n = 1 and 2
+    assert "best OOF score is at n = " in report
+
+
+def test_report_skips_what_an_mlp_lacks(tiny):
+    path = write_report(resolve("exp020"), tiny)
+    report, figures = path.read_text(), path.parent / "figures"
+    skipped = {"modality_importance", "selection_frequency", "fold_importance", "gate_distribution", "cka"}
+    for name, _, _, _ in FIGURES:
+        if name in skipped:
+            assert not (figures / f"{name}.png").exists()
+            assert f"(figures/{name}.png)" not in report
+        else:
+            check_png(figures / f"{name}.png")
+    assert report.count("_Skipped:") == len(skipped)
+    assert "Per-actor OOF score" in report
+
+
+def test_report_without_outputs_is_a_one_line_error(tiny):
+    proc = run_script("src/report.py", "exp045", "--input", tiny)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
+    assert "bash run.sh exp045" in proc.stderr and tiny.name in proc.stderr
+
+
+def test_leaderboard_ranks_every_output_of_the_dataset(tiny):
+    df = collect(tiny)
+    assert set(df["name"]) == {"exp000_trivial", "exp020_mlp_concat", "exp040_rank_topn", "exp041_topn_sweep"}
+    assert list(df["oof_score"]) == sorted(df["oof_score"], reverse=True)
+    assert df["smoke"].all() and df["test_score"].notna().all()
+    row = df.set_index("name").loc["exp040_rank_topn"]
+    metrics = json.loads((resolve("exp040") / "output" / tiny.name / "metrics.json").read_text())
+    assert row["oof_score"] == metrics["oof"]["score"] and row["test_score"] == metrics["test"]["score"]
+    assert row["oof_score_fold_mean"] == pytest.approx(np.mean([f["score"] for f in metrics["folds"]]))
+    assert row["n_folds"] == 3 and row["oof_n_seeds"] == 1 and row["oof_score_seed_std"] == 0.0
+
+    markdown = to_markdown(df)
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(df)
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert all(f"| {name} |" in markdown for name in df["name"])
+    proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == markdown
+
+
+def test_leaderboard_without_outputs_is_a_one_line_error(tmp_path):
+    proc = run_script("src/leaderboard.py", "--input", tmp_path / f"nothing_{uuid.uuid4().hex[:8]}")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1
