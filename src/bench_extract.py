@@ -121,7 +121,7 @@ def print_benchmark(result: dict) -> None:
     for r in result["rows"]:
         table.add_row(r["kind"], r["model"], str(r["width"]), f"{r['clips_per_s']:.2f}", f"{1 / r['clips_per_s']:.2f}",
                       f"{r['cpu_s_per_clip']:.2f}")
-    Console().print(table)
+    Console(width=110).print(table)  # wide enough for the model names when stdout is not a terminal
 
 
 @cli

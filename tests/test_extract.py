@@ -193,7 +193,6 @@ def test_bad_input_is_one_line_error(case, message, clips, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.skipif(not (ROOT / "exp/exp010_mlp_single/run.py").exists(), reason="pipeline (exp010) not in the repo yet")
 def test_extracted_features_run_through_the_pipeline(wavlm, tmp_path):
     """Clips with official names -> extract both modalities -> exp010 --smoke finishes and scores."""
     rows = []

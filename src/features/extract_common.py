@@ -126,8 +126,8 @@ def run_extraction(clips: list[Path], out: Path, settings: dict, embed: Callable
         for name, reason in sorted(failures.items()):
             print(f"  {name}: {reason}", file=sys.stderr)
         if not allow_failures:
-            raise UserError(f"{len(failures)} of {len(clips)} clips failed (listed above); fix or remove them, or rerun with "
-                            f"--allow-failures to leave them out (finished clips are cached)")
+            raise UserError(f"{len(failures)} of {len(clips)} clips failed (listed above); fix or remove them, "
+                            f"or rerun with --allow-failures to leave them out (finished clips are cached)")
     names = [c.name for c in clips if c.name not in failures]
     if not names:
         raise UserError(f"--videos: none of the {len(clips)} clips could be used")
