@@ -78,7 +78,7 @@ def test_fusion_smoke_runs(shared_dataset, exp_id):
     else:
         assert oof.filter(like="presence_").shape[1] == 6
     if exp_id in ("exp040", "exp042", "exp043", "exp044"):
-        assert ((gates > 0).sum(axis=1) == 3).all()  # exactly top_n = 3 encoders per clip
+        assert ((gates > 0).sum(axis=1) == 6).all()  # exactly top_n = 6 encoders per clip
 
 
 def test_same_seed_same_oof_and_resume(make_dataset):
