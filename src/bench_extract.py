@@ -30,7 +30,7 @@ TINY_WAVLM = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, in
                   num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
                   num_buckets=32, max_bucket_distance=100)
 TINY_VIDEO_MODEL = "test_vit"                    # timm's test model: 0.3 M parameters, width 64
-FULL_VIDEO_MODEL = "vit_base_patch32_clip_224"   # CLIP ViT-B/32's architecture, as in docs/extraction.md
+FULL_VIDEO_MODEL = "vit_base_patch32_clip_224"   # CLIP ViT-B/32's architecture, as in the README's extraction commands
 # Real-size speech models as configs (random weights): base = transformers' defaults (12 blocks, width 768,
 # group-norm front end); large = microsoft/wavlm-large's shape (24 blocks, width 1024, layer-norm front end).
 WAVLM_SIZES = {

@@ -21,6 +21,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from src import config as config_mod
 from src import data as data_mod
@@ -48,7 +49,7 @@ class Log:
         self.console.print(msg)
         if self.path is not None:
             with open(self.path, "a") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {Text.from_markup(msg).plain}\n")
 
 
 def parse_args(argv):
