@@ -1,6 +1,6 @@
 """A local leaderboard of every experiment and ensemble with outputs for one dataset, best OOF score first.
 
-    python src/leaderboard.py [--input DIR] [--markdown]
+    python src/leaderboard.py [--input DIR] [--markdown] [--per-seed] [--experiments-only]
 Rich table on the console; --markdown prints the table that README's results section is generated from.
 """
 from __future__ import annotations
@@ -47,8 +47,9 @@ def row(name: str, kind: str, m: dict) -> dict:
     for part in ("oof", "test"):
         for key in FIGURES:
             out[f"{part}_{key}"] = m.get(part, {}).get(key, math.nan)
-        seeds = [s[part]["score"] for s in m.get("seeds", []) if part in s]
-        out[f"{part}_score_seed_mean"], out[f"{part}_score_seed_std"] = spread(seeds)
+        seeds = [s[part] for s in m.get("seeds", []) if part in s]
+        for key in FIGURES:
+            out[f"{part}_{key}_seed_mean"], out[f"{part}_{key}_seed_std"] = spread([s[key] for s in seeds])
         out[f"{part}_n_seeds"] = len(seeds)
     folds = [f["score"] for f in m.get("folds", [])]
     out["oof_score_fold_mean"], out["oof_score_fold_std"] = spread(folds)
@@ -62,7 +63,7 @@ def collect(input_dir: Path) -> pd.DataFrame:
     """One row per experiment/ensemble with outputs for the dataset named by input_dir, best OOF score first.
 
     Columns: name, kind, oof_/test_ acc_presence, acc_salience, score (seed-averaged predictions),
-    <part>_score_seed_mean/_std/_n_seeds (each seed decoded on its own), oof_score_fold_mean/_std, n_folds,
+    <part>_<figure>_seed_mean/_std and <part>_n_seeds (each seed decoded on its own), oof_score_fold_mean/_std, n_folds,
     runtime_s, smoke. Test columns are NaN when the dataset has no test labels.
     """
     dataset = Path(input_dir).name
@@ -94,9 +95,25 @@ def fmt_runtime(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def per_seed_rows(df: pd.DataFrame, with_test: bool) -> tuple[list[str], list[list[str]]]:
+    """Every figure as mean ± std over seeds (each seed decoded on its own), and the run time."""
+    parts = ("oof", "test") if with_test else ("oof",)
+    header = ["#", "experiment"] + [f"{p.upper() if p == 'oof' else p} {k.replace('acc_', 'ACC_')}"
+                                    for p in parts for k in FIGURES] + ["seeds", "run time", "smoke"]
+    rows = []
+    for i, r in enumerate(df.itertuples(index=False), start=1):
+        r = r._asdict()
+        cells = [str(i), r["name"]] + [f"{fmt(r[f'{p}_{k}_seed_mean'], 3)} ± {fmt(r[f'{p}_{k}_seed_std'], 3)}"
+                                       if r[f"{p}_n_seeds"] else "–" for p in parts for k in FIGURES]
+        rows.append(cells + [str(r["oof_n_seeds"]), fmt_runtime(r["runtime_s"]), "smoke" if r["smoke"] else ""])
+    return header, rows
+
+
+def display_rows(df: pd.DataFrame, per_seed: bool = False) -> tuple[list[str], list[list[str]]]:
     """(header, rows of strings) shared by the console and markdown tables; test columns only when any exist."""
     with_test = df["test_score"].notna().any()
+    if per_seed:
+        return per_seed_rows(df, with_test)
     header = ["#", "experiment", "OOF ACC_presence", "OOF ACC_salience", "OOF score",
               "OOF score over seeds", "OOF score over folds"]
     if with_test:
@@ -120,18 +137,22 @@ NOTE = ("OOF: out-of-fold, decoder thresholds refitted per fold on the other fol
         "or over folds.")
 
 
-def to_markdown(df: pd.DataFrame) -> str:
+NOTE_PER_SEED = ("Mean ± std over seeds, each seed's OOF (and test) predictions decoded on their own with thresholds "
+                 "refitted per fold on the other folds; rows sorted by the OOF score of the seed-averaged predictions.")
+
+
+def to_markdown(df: pd.DataFrame, per_seed: bool = False) -> str:
     """The leaderboard as a markdown table (plus a one-line legend), best OOF score first."""
-    header, rows = display_rows(df)
+    header, rows = display_rows(df, per_seed)
     align = ["---" if i == 1 else "---:" for i in range(len(header))]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines) + f"\n\n{NOTE}\n"
+    return "\n".join(lines) + f"\n\n{NOTE_PER_SEED if per_seed else NOTE}\n"
 
 
-def show(df: pd.DataFrame, dataset: str) -> None:
-    header, rows = display_rows(df)
-    table = Table(title=f"leaderboard on {dataset}", caption=NOTE)
+def show(df: pd.DataFrame, dataset: str, per_seed: bool = False) -> None:
+    header, rows = display_rows(df, per_seed)
+    table = Table(title=f"leaderboard on {dataset}", caption=NOTE_PER_SEED if per_seed else NOTE)
     for i, col in enumerate(header):
         table.add_column(col.replace(" ", "\n", 1), justify="left" if i == 1 else "right", no_wrap=True)
     for cells in rows:
@@ -144,12 +165,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Local leaderboard of every experiment and ensemble on a dataset.")
     p.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="dataset folder (default: input/synthetic)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table instead of the console table")
+    p.add_argument("--per-seed", action="store_true",
+                   help="every figure as mean ± std over seeds (the README's results table)")
+    p.add_argument("--experiments-only", action="store_true", help="leave out ensembles")
     args = p.parse_args(argv)
     df = collect(args.input)
+    if args.experiments_only:
+        df = df[df["kind"] == "experiment"].reset_index(drop=True)
     if args.markdown:
-        print(to_markdown(df), end="")
+        print(to_markdown(df, args.per_seed), end="")
     else:
-        show(df, args.input.name)
+        show(df, args.input.name, args.per_seed)
 
 
 if __name__ == "__main__":

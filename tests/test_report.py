@@ -148,6 +148,13 @@ def test_leaderboard_ranks_every_output_of_the_dataset(tiny):
     proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == markdown
+    # the README's results table: every figure as mean ± std over seeds
+    seed_table = to_markdown(df, per_seed=True)
+    presence = [s["oof"]["acc_presence"] for s in metrics["seeds"]]
+    line = next(line for line in seed_table.splitlines() if "| exp040_rank_topn |" in line)
+    assert line.split(" | ")[2] == f"{np.mean(presence):.3f} ± {np.std(presence):.3f}"
+    proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown", "--per-seed", "--experiments-only")
+    assert proc.returncode == 0 and proc.stdout == seed_table
 
 
 def test_leaderboard_without_outputs_is_a_one_line_error(tmp_path):
