@@ -319,8 +319,7 @@ class Runner:
         if cfg.model.name == "fusion":  # the analysis figures, regenerable later with src/report.py
             from src.report import write_report
             self.log(f"report: {write_report(self.exp_dir, self.ds.root)}")
-        self.log(f"wrote {self.out.relative_to(ROOT) if self.out.is_relative_to(ROOT) else self.out} and "
-                 f"{paths['json'].relative_to(ROOT) if paths['json'].is_relative_to(ROOT) else paths['json']}")
+        self.log(f"wrote {shown(self.out)} and {shown(paths['json'])}")
         return self.out
 
     def show(self, metrics: dict, group) -> None:
@@ -365,6 +364,11 @@ def group_table(entries: dict, group: str) -> pd.DataFrame:
                 row.update({f"{part}_{k}": m[part][k] for k in ("acc_presence", "acc_salience", "score")})
         rows.append(row | m["seed_spread"])
     return pd.DataFrame(rows)
+
+
+def shown(path: Path) -> Path:
+    """A path relative to the repository when it lies inside it (shorter console lines)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def trim(m: dict) -> dict:
