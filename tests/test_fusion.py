@@ -1,8 +1,10 @@
 """Rank-aware selective fusion: selection, masking, CORAL, and that target labels cannot leak into training."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from conftest import output_dir, run_exp
 from src import config, data
 from src.coral import coral_loss
 from src.experiments import resolve
@@ -91,3 +93,18 @@ def test_target_labels_cannot_influence_training(shared_dataset):
     ds.labels[train_rows[:50]] = ds.labels[train_rows[50:100]]
     _, _, state_c, _ = fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
     assert not all(torch.equal(state_a[k], state_c[k]) for k in state_a)
+
+
+def test_missing_encoder_clips_are_masked_end_to_end(make_dataset):
+    """data.allow_missing: the fusion model never gives weight to an encoder a clip lacks; an MLP refuses."""
+    root = make_dataset()
+    z = dict(np.load(root / "features" / "wavlm.npz"))
+    np.savez(root / "features" / "wavlm.npz", X=z["X"][40:], filenames=z["filenames"][40:])
+    missing = set(z["filenames"][:40])
+    run_exp("exp040", root, "--smoke", "--set", "data.allow_missing=true")
+    oof = pd.read_csv(output_dir("exp040", root) / "oof.csv")
+    lacking = oof["filename"].isin(missing)
+    assert lacking.sum() == 40 and (oof.loc[lacking, "gate_wavlm"] == 0).all()
+    assert (oof.loc[~lacking, "gate_wavlm"] > 0).any()
+    proc = run_exp("exp020", root, "--smoke", "--set", "data.allow_missing=true", check=False)
+    assert proc.returncode == 2 and "only model.name: fusion" in proc.stderr
