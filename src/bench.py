@@ -15,9 +15,9 @@ import numpy as np
 
 from src.decode import decode_thresholds, fit_thresholds, threshold_grid
 from src.errors import cli
+from src.experiments import ROOT
 from src.labels import CONFIGS
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def loop_score(pred_dicts: list, true_dicts: list) -> float:

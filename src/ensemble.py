@@ -31,16 +31,13 @@ from src import data as data_mod
 from src import decode, submission
 from src.config import Decoder
 from src.errors import UserError, cli
-from src.experiments import resolve
+from src.experiments import DEFAULT_INPUT, EXP_DIR, SUBMISSIONS, display_path, resolve
 from src.io import write_csv, write_json, write_text
 from src.labels import EMOTIONS, IS_BLEND, N_CONFIGS, SALIENCE, strip_extension
 from src.metric import score
 from src.score import read_label_file
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_INPUT = ROOT / "input" / "synthetic"
-ENSEMBLES = ROOT / "exp" / "ensembles"
-SUBMISSIONS = ROOT / "submissions"
+ENSEMBLES = EXP_DIR / "ensembles"
 METHODS = ("lgbm", "weights", "mean")
 PROB = [f"prob_{e}" for e in EMOTIONS]
 STACK_PREFIXES = ("prob_", "presence_", "salience_", "gate_")  # member columns the stacker reads
@@ -449,13 +446,13 @@ def main(argv=None) -> Path:
         for f in figures:
             f["test"] = trim(score(f["_test_pred"], true))
     metrics = {"oof": res["oof"], "folds": res["folds"], "decoder": res["decoder"], **({"test": res["test"]} if "test" in res else {}),
-               "members": [{"name": m["name"], "path": rel(m["folder"]), "smoke": m["smoke"],
+               "members": [{"name": m["name"], "path": display_path(m["folder"]), "smoke": m["smoke"],
                             **{k: f[k] for k in ("oof", "test") if k in f}} for m, f in zip(members, figures)],
                "weights": res["weights"], "method": args.method, "runtime_s": round(time.time() - started, 1),
                "smoke": any(m["smoke"] for m in members)}
     write_json(out / "metrics.json", metrics)
     resolved = {"ensemble": name, "method": args.method, "input_dir": str(ds.root.resolve()), "dataset": ds.name,
-                "members": [{"name": m["name"], "path": rel(m["folder"])} for m in members], "seed": SEED,
+                "members": [{"name": m["name"], "path": display_path(m["folder"])} for m in members], "seed": SEED,
                 "decoder_grid": GRID, **({"stacker": {**STACKER, "max_rounds": MAX_ROUNDS, "early_stopping": EARLY_STOP}}
                                          if args.method == "lgbm" else {}), "command": " ".join(sys.argv)}
     write_text(out / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -464,14 +461,9 @@ def main(argv=None) -> Path:
         log(f"{label}: OOF {f['oof']['score']:.4f}" + (f", test {f['test']['score']:.4f}" if "test" in f else ""), file_only=True)
     log(describe_decoder(res["decoder"]))
     log(f"weights: {res['weights']}" + (" (share of stacker split gain)" if args.method == "lgbm" else ""))
-    log(f"wrote {rel(out)} and {rel(paths['json'])} in {time.time() - started:.1f}s")
+    log(f"wrote {display_path(out)} and {display_path(paths['json'])} in {time.time() - started:.1f}s")
     write_text(out / "log.txt", "\n".join(lines) + "\n")
     return out
-
-
-def rel(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def run_benchmark(members=BENCH_MEMBERS, input_dir: Path = DEFAULT_INPUT) -> dict:

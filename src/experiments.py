@@ -9,6 +9,15 @@ from src.errors import UserError, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP_DIR = ROOT / "exp"
+# Where every command looks by default, and where submissions go: defined once here.
+DEFAULT_INPUT = ROOT / "input" / "synthetic"
+SUBMISSIONS = ROOT / "submissions"
+
+
+def display_path(path: Path) -> str:
+    """A path relative to the repository when it lies inside it (shorter console and report lines)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def all_experiments() -> list[Path]:

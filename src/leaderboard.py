@@ -20,9 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from src.errors import UserError, cli
-from src.experiments import EXP_DIR, ROOT
+from src.experiments import DEFAULT_INPUT, EXP_DIR, ROOT
 
-DEFAULT_INPUT = ROOT / "input" / "synthetic"
 FIGURES = ("acc_presence", "acc_salience", "score")
 
 

@@ -27,15 +27,13 @@ from src import config as config_mod
 from src import data as data_mod
 from src import decode, submission, synth
 from src.errors import UserError, cli
+from src.experiments import DEFAULT_INPUT, ROOT, SUBMISSIONS, display_path
 from src.io import atomic_write, write_csv, write_json, write_npz, write_text
 from src.labels import EMOTIONS, SALIENCE
 from src.metric import score
 from src.score import read_label_file
 from src.train import configure_torch, fit_fold, pick_device
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_INPUT = ROOT / "input" / "synthetic"
-SUBMISSIONS = ROOT / "submissions"
 
 
 class Log:
@@ -319,7 +317,7 @@ class Runner:
         if cfg.model.name == "fusion":  # the analysis figures, regenerable later with src/report.py
             from src.report import write_report
             self.log(f"report: {write_report(self.exp_dir, self.ds.root)}")
-        self.log(f"wrote {shown(self.out)} and {shown(paths['json'])}")
+        self.log(f"wrote {display_path(self.out)} and {display_path(paths['json'])}")
         return self.out
 
     def show(self, metrics: dict, group) -> None:
@@ -364,11 +362,6 @@ def group_table(entries: dict, group: str) -> pd.DataFrame:
                 row.update({f"{part}_{k}": m[part][k] for k in ("acc_presence", "acc_salience", "score")})
         rows.append(row | m["seed_spread"])
     return pd.DataFrame(rows)
-
-
-def shown(path: Path) -> Path:
-    """A path relative to the repository when it lies inside it (shorter console lines)."""
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def trim(m: dict) -> dict:

@@ -27,12 +27,11 @@ from src import data as data_mod
 from src.cka import cka_matrix
 from src.decode import combine_heads, decode_thresholds
 from src.errors import UserError, cli
-from src.experiments import ROOT, resolve
+from src.experiments import DEFAULT_INPUT, ROOT, display_path, resolve
 from src.io import atomic_write, write_text
 from src.labels import BLEND_RATIOS, CONFIGS, EMOTIONS, IS_BLEND
 from src.metric import score
 
-DEFAULT_INPUT = ROOT / "input" / "synthetic"
 SWEEP_EXPERIMENT = "exp041"  # the top-n sweep whose per_top_n.csv feeds figure 1
 # Encoder names are free-form: an encoder is audio when its name contains one of these, video otherwise.
 AUDIO_HINTS = ("hubert", "wavlm", "wav2vec", "whisper", "audio", "beats", "clap", "vggish", "panns",
@@ -102,11 +101,6 @@ def train_truth(input_dir: Path) -> pd.DataFrame:
     smallest = sorted(data_mod.available_encoders(root), key=lambda e: feature_bytes(root, e))[:1]
     ds = data_mod.load(root, smallest or "all")
     return pd.DataFrame({"filename": ds.train_files, "label": ds.labels, "actor": ds.actors})
-
-
-def display_path(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def output_dir(exp_dir: Path, input_dir: Path) -> Path:
