@@ -42,22 +42,30 @@ WAVLM_SIZES = {
 
 
 def write_clip(path: Path, seconds: float = 1.0, size: tuple[int, int] = (64, 64), fps: int = 10,
-               audio: bool = True, audio_rate: int = 44_100, seed: int = 0) -> Path:
-    """A clip with a moving random texture (mpeg4) and, if audio, a seed-dependent tone (aac, mono)."""
+               audio: bool = True, audio_rate: int = 44_100, seed: int = 0, image: np.ndarray | None = None,
+               tone_hz: float | None = None) -> Path:
+    """A clip (mpeg4) of a moving picture and, if audio, a tone (aac, mono).
+
+    The picture is `image` (uint8 [H, W, 3], even sides; size is then ignored) or a seeded random texture;
+    it slides 2 px a frame. The tone is tone_hz or 200 + 50 * seed Hz, with a little seeded noise.
+    """
     rng = np.random.default_rng(seed)
-    width, height = size
-    texture = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if image is None:
+        width, height = size
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    height, width = image.shape[:2]
     with av.open(str(path), "w") as container:
         video = container.add_stream("mpeg4", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = container.add_stream("aac", rate=audio_rate, layout="mono") if audio else None
         for i in range(int(round(seconds * fps))):
-            frame = av.VideoFrame.from_ndarray(np.roll(texture, 2 * i, axis=1), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.roll(image, 2 * i, axis=1), format="rgb24")
             container.mux(video.encode(frame))
         container.mux(video.encode())
         if sound is not None:
             t = np.arange(int(seconds * audio_rate)) / audio_rate
-            tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * rng.normal(size=len(t))
+            hz = 200 + 50 * seed if tone_hz is None else tone_hz
+            tone = 0.3 * np.sin(2 * np.pi * hz * t) + 0.05 * rng.normal(size=len(t))
             frame = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None], format="fltp", layout="mono")
             frame.sample_rate, frame.pts = audio_rate, 0
             container.mux(sound.encode(frame))
