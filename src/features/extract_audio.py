@@ -21,8 +21,9 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2Fe
 
 from src.errors import UserError, cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import (SAMPLE_RATE, WEIGHT_SEED, ClipError, add_common_args, check_args,
-                                         choose_device, read_audio, run_extraction)
+from src.features.extract_common import (SAMPLE_RATE, WEIGHT_SEED, add_common_args, check_args, choose_device,
+                                         per_clip, read_audio, run_extraction)
+
 
 def load_config(name: str):
     """The model's config, read before the weights so that bad arguments fail fast."""
@@ -113,12 +114,7 @@ def main(argv=None):
                 "layers": list(layers), "sample_rate": SAMPLE_RATE}
 
     def embed(paths):
-        waves, failures = {}, {}
-        for path in paths:
-            try:
-                waves[path.name] = read_audio(path)
-            except ClipError as err:
-                failures[path.name] = str(err)
+        waves, failures = per_clip(read_audio)(paths)
         if not waves:
             return {}, failures
         states = hidden_states(model, extractor, list(waves.values()), layers, device)

@@ -150,6 +150,22 @@ def save_vector(path: Path, vector: np.ndarray) -> None:
     atomic_write(path, save)
 
 
+def per_clip(fn: Callable) -> Callable:
+    """fn(path) -> (paths -> ({clip name: fn(path)}, {clip name: reason})); a ClipError fails that clip.
+
+    With fn returning a clip's vector, the result is an embed for run_extraction.
+    """
+    def apply(paths):
+        results, failures = {}, {}
+        for path in paths:
+            try:
+                results[path.name] = fn(path)
+            except ClipError as err:
+                failures[path.name] = str(err)
+        return results, failures
+    return apply
+
+
 def run_extraction(clips: list[Path], out: Path, settings: dict, embed: Callable, group: int,
                    allow_failures: bool) -> dict:
     """Embed every clip not cached yet, then write the features file.

@@ -18,7 +18,8 @@ import opensmile
 
 from src.errors import cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import SAMPLE_RATE, ClipError, add_clip_args, check_args, read_audio, run_extraction
+from src.features.extract_common import (SAMPLE_RATE, ClipError, add_clip_args, check_args, per_clip, read_audio,
+                                         run_extraction)
 
 FEATURE_SETS = {"egemaps": opensmile.FeatureSet.eGeMAPSv02, "compare": opensmile.FeatureSet.ComParE_2016}
 LEVELS = {"functionals": opensmile.FeatureLevel.Functionals, "lld": opensmile.FeatureLevel.LowLevelDescriptors}
@@ -48,16 +49,7 @@ def run(feature_set: str, argv=None) -> dict:
     settings = {"kind": feature_set, "model": f"openSMILE {name} {args.level}",
                 "opensmile": opensmile.__version__, "level": args.level, "sample_rate": SAMPLE_RATE}
 
-    def embed(paths):
-        vectors, failures = {}, {}
-        for path in paths:
-            try:
-                vectors[path.name] = clip_features(smile, read_audio(path), args.level)
-            except ClipError as err:
-                failures[path.name] = str(err)
-        return vectors, failures
-
-    # openSMILE takes one signal at a time: no batching.
+    embed = per_clip(lambda path: clip_features(smile, read_audio(path), args.level))
     return run_extraction(clips, args.out, settings, embed, group=1, allow_failures=args.allow_failures)
 
 

@@ -21,7 +21,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from src.errors import UserError, cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import (DEFAULT_FPS, ClipError, add_clip_args, check_args, read_frames,
+from src.features.extract_common import (DEFAULT_FPS, ClipError, add_clip_args, check_args, per_clip, read_frames,
                                          run_extraction)
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # the model's output order
@@ -131,15 +131,7 @@ def main(argv=None):
                                           f"+ OpenCV Haar {cv2.__version__}",
                 "fps": args.fps, "min_face": args.min_face, "margin": MARGIN, "detect_side": DETECT_SIDE}
 
-    def embed(paths):
-        vectors, failures = {}, {}
-        for path in paths:
-            try:
-                vectors[path.name] = aggregate(model.clip_series(path, args.fps, args.batch)[0])
-            except ClipError as err:
-                failures[path.name] = str(err)
-        return vectors, failures
-
+    embed = per_clip(lambda path: aggregate(model.clip_series(path, args.fps, args.batch)[0]))
     return run_extraction(clips, args.out, settings, embed, group=1, allow_failures=args.allow_failures)
 
 

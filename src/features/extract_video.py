@@ -17,8 +17,8 @@ from timm.data import create_transform, resolve_model_data_config
 
 from src.errors import UserError, cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import (DEFAULT_FPS, WEIGHT_SEED, ClipError, add_common_args, check_args,
-                                         choose_device, read_frames, run_extraction)
+from src.features.extract_common import (DEFAULT_FPS, WEIGHT_SEED, add_common_args, check_args,
+                                         choose_device, per_clip, read_frames, run_extraction)
 
 
 def build_model(name: str, pretrained: bool, device: torch.device):
@@ -55,15 +55,7 @@ def main(argv=None):
     model, transform = build_model(args.model, not args.no_pretrained, device)
     settings = {"kind": "video", "model": args.model, "pretrained": not args.no_pretrained, "fps": args.fps}
 
-    def embed(paths):
-        vectors, failures = {}, {}
-        for path in paths:
-            try:
-                vectors[path.name] = aggregate(frame_embeddings(model, transform, path, args.fps, args.batch, device))
-            except ClipError as err:
-                failures[path.name] = str(err)
-        return vectors, failures
-
+    embed = per_clip(lambda path: aggregate(frame_embeddings(model, transform, path, args.fps, args.batch, device)))
     return run_extraction(clips, args.out, settings, embed, group=1, allow_failures=args.allow_failures)
 
 
