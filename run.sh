@@ -2,7 +2,7 @@
 # Entry point: bootstraps .venv from requirements*.txt, then runs an experiment, the tests or the benchmarks.
 #   bash run.sh exp042 [--input DIR] [--smoke] [--force] [--set key.path=value ...]
 #   bash run.sh test [pytest args]        bash run.sh bench [--full-size]
-#   bash run.sh ensemble exp040 exp042    bash run.sh extract video|audio [args]
+#   bash run.sh ensemble exp040 exp042    bash run.sh extract video|audio|egemaps|compare|faces [args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -10,8 +10,10 @@ PY="$ROOT/.venv/bin/python"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Install a requirements file once; reinstall only when its content changes (stamp = its sha256).
+# Extra arguments go to pip (--no-deps for packages whose declared dependencies we must not pull).
 install_requirements() {
   local file="$1" stamp=".venv/.$1.sha256" sum
+  shift
   sum="$(sha256sum "$file" | cut -d' ' -f1)"
   if [[ ! -x "$PY" ]]; then
     echo "creating .venv (first run; installs $file, a few minutes)" >&2
@@ -19,7 +21,7 @@ install_requirements() {
   fi
   if [[ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]]; then
     echo "installing $file into .venv" >&2
-    "$PY" -m pip install -q --disable-pip-version-check -r "$file" >&2
+    "$PY" -m pip install -q --disable-pip-version-check "$@" -r "$file" >&2
     echo "$sum" > "$stamp"
   fi
 }
@@ -32,10 +34,12 @@ case "$cmd" in
   test)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt
+    install_requirements requirements-extract-nodeps.txt --no-deps
     exec "$PY" -m pytest -q tests "$@" ;;
   bench)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt
+    install_requirements requirements-extract-nodeps.txt --no-deps
     exec "$PY" -m src.bench "$@" ;;
   ensemble)
     install_requirements requirements.txt
@@ -43,6 +47,7 @@ case "$cmd" in
   extract)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt
+    install_requirements requirements-extract-nodeps.txt --no-deps
     [[ $# -ge 1 ]] || usage
     kind="$1"; shift
     exec "$PY" -m "src.features.extract_$kind" "$@" ;;

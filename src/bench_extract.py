@@ -1,4 +1,5 @@
-"""Clips per second of raw-clip feature extraction on this machine, tiny and real-size models, random weights.
+"""Clips per second of raw-clip feature extraction on this machine: tiny and real-size torch models (random
+weights) and the extractors whose models ship in their wheels (openSMILE, FER2013 faces).
 
     python -m src.bench_extract [--clips 4] [--seconds 3] [--no-full-size]
 Also home of the clip generator the extraction tests use (write_clip, write_tiny_wavlm).
@@ -16,11 +17,13 @@ import av
 import numpy as np
 import torch
 import transformers
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
+from skimage import data as skimage_data
 
 from src.errors import cli
-from src.features import extract_audio, extract_video
+from src.features import extract_audio, extract_compare, extract_egemaps, extract_faces, extract_video
 
 # A speech model small enough for a test: two blocks of width 32 and a three-layer convolutional front end
 # (total stride 80 -> 200 frames a second; the real ones: 320 -> 50). Layer norm in the front end lets it
@@ -42,22 +45,30 @@ WAVLM_SIZES = {
 
 
 def write_clip(path: Path, seconds: float = 1.0, size: tuple[int, int] = (64, 64), fps: int = 10,
-               audio: bool = True, audio_rate: int = 44_100, seed: int = 0) -> Path:
-    """A clip with a moving random texture (mpeg4) and, if audio, a seed-dependent tone (aac, mono)."""
+               audio: bool = True, audio_rate: int = 44_100, seed: int = 0, image: np.ndarray | None = None,
+               tone_hz: float | None = None) -> Path:
+    """A clip (mpeg4) of a moving picture and, if audio, a tone (aac, mono).
+
+    The picture is `image` (uint8 [H, W, 3], even sides; size is then ignored) or a seeded random texture;
+    it slides 2 px a frame. The tone is tone_hz or 200 + 50 * seed Hz, with a little seeded noise.
+    """
     rng = np.random.default_rng(seed)
-    width, height = size
-    texture = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if image is None:
+        width, height = size
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    height, width = image.shape[:2]
     with av.open(str(path), "w") as container:
         video = container.add_stream("mpeg4", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = container.add_stream("aac", rate=audio_rate, layout="mono") if audio else None
         for i in range(int(round(seconds * fps))):
-            frame = av.VideoFrame.from_ndarray(np.roll(texture, 2 * i, axis=1), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.roll(image, 2 * i, axis=1), format="rgb24")
             container.mux(video.encode(frame))
         container.mux(video.encode())
         if sound is not None:
             t = np.arange(int(seconds * audio_rate)) / audio_rate
-            tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * rng.normal(size=len(t))
+            hz = 200 + 50 * seed if tone_hz is None else tone_hz
+            tone = 0.3 * np.sin(2 * np.pi * hz * t) + 0.05 * rng.normal(size=len(t))
             frame = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None], format="fltp", layout="mono")
             frame.sample_rate, frame.pts = audio_rate, 0
             container.mux(sound.encode(frame))
@@ -74,33 +85,45 @@ def write_tiny_wavlm(folder: Path) -> Path:
 def run_benchmark(full_size: bool = True, n_clips: int = 8, seconds: float = 3.0) -> dict:
     """{'setup': {...}, 'rows': [{'kind', 'model', 'width', 'clips_per_s', 'cpu_s_per_clip'}, ...]}.
 
-    Random weights, no downloads. Both figures cover the extraction loop only (decode, preprocess, model,
-    cache write), not model loading; CPU seconds (all threads) move less than wall time when other work
-    shares the machine.
+    No downloads: the torch models have random weights, openSMILE and the face model are the ones their
+    wheels ship. Both figures cover the extraction loop only (decode, preprocess, model, cache write), not
+    model loading; CPU seconds (all threads) move less than wall time when other work shares the machine.
+    The face rows use clips of the astronaut photograph (a face in every frame), the others random textures.
     """
     size, fps = (640, 360), 30
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "clips").mkdir()
+        clips, face_clips = tmp / "clips", tmp / "face_clips"
+        clips.mkdir()
+        face_clips.mkdir()
+        face = np.zeros((size[1], size[0], 3), np.uint8)  # the photograph, frame-high, in the middle
+        left = (size[0] - size[1]) // 2
+        face[:, left:left + size[1]] = np.asarray(Image.fromarray(skimage_data.astronaut()).resize((size[1],) * 2))
         for i in range(n_clips):
-            write_clip(tmp / "clips" / f"A{100 + i}_ang_int1_ver1.mov", seconds, size, fps, seed=i)
-        labels = {str(write_tiny_wavlm(tmp / "wavlm_tiny")): "tiny WavLM config"}
-        cases = [("video", TINY_VIDEO_MODEL), ("audio", str(tmp / "wavlm_tiny"))]
+            write_clip(clips / f"A{100 + i}_ang_int1_ver1.mov", seconds, size, fps, seed=i)
+            write_clip(face_clips / f"A{100 + i}_hap_int1_ver1.mov", seconds, fps=fps, seed=i, image=face)
+        torch_args = ["--no-pretrained", "--device", "cpu"]
+        wavlm_tiny = str(write_tiny_wavlm(tmp / "wavlm_tiny"))
+        # (kind, label, entry point, clip folder, arguments)
+        cases = [("video", TINY_VIDEO_MODEL, extract_video.main, clips, ["--model", TINY_VIDEO_MODEL, *torch_args]),
+                 ("audio", "tiny WavLM config", extract_audio.main, clips, ["--model", wavlm_tiny, *torch_args])]
         if full_size:
-            cases.append(("video", FULL_VIDEO_MODEL))
+            cases.append(("video", FULL_VIDEO_MODEL, extract_video.main, clips,
+                          ["--model", FULL_VIDEO_MODEL, *torch_args]))
             for name, config in WAVLM_SIZES.items():
                 config.save_pretrained(tmp / name)
-                labels[str(tmp / name)] = f"{name} config"
-                cases.append(("audio", str(tmp / name)))
-        for n, (kind, model) in enumerate(cases):
-            main = extract_video.main if kind == "video" else extract_audio.main
+                cases.append(("audio", f"{name} config", extract_audio.main, clips,
+                              ["--model", str(tmp / name), *torch_args]))
+        cases += [("egemaps", "openSMILE eGeMAPSv02 functionals", extract_egemaps.main, clips, []),
+                  ("compare", "openSMILE ComParE_2016 functionals", extract_compare.main, clips, []),
+                  ("faces", "Haar + FER2013 mini-Xception (TFLite)", extract_faces.main, face_clips, [])]
+        for n, (kind, label, main, folder, args) in enumerate(cases):
             out = tmp / f"out{n}" / "features.npz"
             with contextlib.redirect_stdout(io.StringIO()):  # its "wrote ..." line; the progress bar stays
-                summary = main(["--videos", str(tmp / "clips"), "--model", model, "--out", str(out),
-                                "--no-pretrained", "--device", "cpu"])
-            rows.append({"kind": kind, "model": labels.get(model, model), "width": summary["width"],
+                summary = main(["--videos", str(folder), "--out", str(out), *args])
+            rows.append({"kind": kind, "model": label, "width": summary["width"],
                          "clips_per_s": round(summary["clips"] / summary["seconds"], 3),
                          "cpu_s_per_clip": round(summary["cpu_seconds"] / summary["clips"], 3)})
     setup = {"device": "cpu", "torch_threads": torch.get_num_threads(), "clips": n_clips,
@@ -129,7 +152,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--no-full-size", action="store_true", help="tiny models only")
+    parser.add_argument("--no-full-size", action="store_true",
+                        help="tiny torch models only (the shipped-model rows always run)")
     args = parser.parse_args(argv)
     print_benchmark(run_benchmark(not args.no_full_size, args.clips, args.seconds))
 

@@ -15,17 +15,14 @@ import argparse
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
 
 from src.errors import UserError, cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import (WEIGHT_SEED, ClipError, add_common_args, check_args, choose_device,
-                                         run_extraction)
-
-SAMPLE_RATE = 16_000  # what all these speech models were trained on
+from src.features.extract_common import (SAMPLE_RATE, WEIGHT_SEED, add_common_args, check_args, choose_device,
+                                         per_clip, read_audio, run_extraction)
 
 
 def load_config(name: str):
@@ -77,25 +74,6 @@ def parse_layers(args, n_layers: int) -> tuple[int, int]:
     return first, last
 
 
-def read_audio(path) -> np.ndarray:
-    """float32 [samples]: the first audio track, 16 kHz mono; ClipError when absent or unreadable."""
-    chunks = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise ClipError("no audio track")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            for frame in container.decode(container.streams.audio[0]):
-                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # flush
-    except av.FFmpegError as err:
-        raise ClipError(f"cannot decode ({err.strerror or err})") from None
-    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    if len(wave) < SAMPLE_RATE // 10:
-        raise ClipError(f"audio track too short ({len(wave)} samples at 16 kHz)")
-    return wave
-
-
 def n_frames(n_samples: int, config) -> int:
     """Frames the convolutional front end makes from n_samples (each conv: floor((L - k) / s) + 1)."""
     for kernel, stride in zip(config.conv_kernel, config.conv_stride):
@@ -136,12 +114,7 @@ def main(argv=None):
                 "layers": list(layers), "sample_rate": SAMPLE_RATE}
 
     def embed(paths):
-        waves, failures = {}, {}
-        for path in paths:
-            try:
-                waves[path.name] = read_audio(path)
-            except ClipError as err:
-                failures[path.name] = str(err)
+        waves, failures = per_clip(read_audio)(paths)
         if not waves:
             return {}, failures
         states = hidden_states(model, extractor, list(waves.values()), layers, device)

@@ -1,5 +1,5 @@
-"""What the raw-clip extractors (extract_video, extract_audio) share: clip listing, device choice, the
-per-clip cache, the progress loop and the failure report.
+"""What the raw-clip extractors (extract_video, extract_audio, extract_egemaps, extract_faces) share: clip
+listing and decoding, device choice, the per-clip cache, the progress loop and the failure report.
 
 Cache: `<out>.cache/<key>/<clip>.npy` holds one clip's aggregated vector; <key> hashes the settings that
 change the numbers (model, weights, fps or layers), and `settings.json` beside the vectors spells them
@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+import av
 import numpy as np
 import torch
 from rich.console import Console
@@ -28,28 +30,38 @@ CLIP_SUFFIXES = (".mov", ".mp4", ".avi", ".mkv", ".webm")
 # --no-pretrained weights are random; a fixed seed makes them the same in every run, so vectors cached
 # by an interrupted run match the ones a resumed run computes.
 WEIGHT_SEED = 0
+# Expressions change over a few hundred milliseconds; 5 frames a second sees them while keeping the cost
+# (linear in frames) a sixth of every frame at 30 fps.
+DEFAULT_FPS = 5.0
+SAMPLE_RATE = 16_000  # audio: what the speech models were trained on; openSMILE takes it too
 
 
 class ClipError(Exception):
     """One clip cannot be used (undecodable, no audio track, ...); the message is the reason."""
 
 
-def add_common_args(parser: argparse.ArgumentParser, batch: int, batch_help: str) -> None:
+def add_clip_args(parser: argparse.ArgumentParser) -> None:
+    """--videos, --out, --allow-failures: what every extractor takes."""
     parser.add_argument("--videos", type=Path, required=True, help="folder with the clips (.mov, .mp4, ...)")
-    parser.add_argument("--model", required=True)
     parser.add_argument("--out", type=Path, required=True, help="input/<name>/features/<enc>.npz")
+    parser.add_argument("--allow-failures", action="store_true",
+                        help="leave unreadable clips out of the file instead of failing")
+
+
+def add_common_args(parser: argparse.ArgumentParser, batch: int, batch_help: str) -> None:
+    """The clip arguments plus those of the extractors that run a chosen torch model."""
+    add_clip_args(parser)
+    parser.add_argument("--model", required=True)
     parser.add_argument("--batch", type=int, default=batch, help=batch_help)
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-pretrained", action="store_true", help="random weights (tests, benchmarks)")
-    parser.add_argument("--allow-failures", action="store_true",
-                        help="leave unreadable clips out of the file instead of failing")
 
 
 def check_args(args) -> list[Path]:
     """Validate the shared arguments before any model is loaded; returns the clips, sorted by name."""
     if args.out.suffix != ".npz":
         raise UserError(f"--out {args.out}: must end in .npz (the dataset reads features/<enc>.npz)")
-    if args.batch < 1:
+    if getattr(args, "batch", 1) < 1:
         raise UserError(f"--batch {args.batch}: must be at least 1")
     return list_clips(args.videos)
 
@@ -62,6 +74,51 @@ def list_clips(folder: Path) -> list[Path]:
     if not clips:
         raise UserError(f"--videos {folder}: no clips ({', '.join(CLIP_SUFFIXES)}) found")
     return clips
+
+
+def read_frames(path, fps: float) -> list:
+    """PIL images of the frames sampled at fps (fps <= 0: every frame); ClipError when unreadable."""
+    frames, next_time, start = [], 0.0, None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ClipError("no video track")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = float(stream.average_rate or 25)
+            for i, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else i / rate
+                start = t if start is None else start
+                t -= start
+                # Take the first frame at or after each k / fps; jumping to the next slot after t (not
+                # next_time + 1/fps) keeps one frame per slot even when the stream skips frames.
+                if fps <= 0 or t >= next_time - 1e-6:
+                    frames.append(frame.to_image())
+                    next_time = (math.floor(t * fps + 1e-6) + 1) / fps if fps > 0 else 0.0
+    except av.FFmpegError as err:
+        raise ClipError(f"cannot decode ({err.strerror or err})") from None
+    if not frames:
+        raise ClipError("no frames decoded")
+    return frames
+
+
+def read_audio(path) -> np.ndarray:
+    """float32 [samples]: the first audio track, 16 kHz mono; ClipError when absent or unreadable."""
+    chunks = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ClipError("no audio track")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            for frame in container.decode(container.streams.audio[0]):
+                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # flush
+    except av.FFmpegError as err:
+        raise ClipError(f"cannot decode ({err.strerror or err})") from None
+    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if len(wave) < SAMPLE_RATE // 10:
+        raise ClipError(f"audio track too short ({len(wave)} samples at 16 kHz)")
+    return wave
 
 
 def choose_device(name: str) -> torch.device:
@@ -91,6 +148,22 @@ def save_vector(path: Path, vector: np.ndarray) -> None:
         with open(tmp, "wb") as fh:  # a file handle: np.save would append .npy to the temporary name
             np.save(fh, vector)
     atomic_write(path, save)
+
+
+def per_clip(fn: Callable) -> Callable:
+    """fn(path) -> (paths -> ({clip name: fn(path)}, {clip name: reason})); a ClipError fails that clip.
+
+    With fn returning a clip's vector, the result is an embed for run_extraction.
+    """
+    def apply(paths):
+        results, failures = {}, {}
+        for path in paths:
+            try:
+                results[path.name] = fn(path)
+            except ClipError as err:
+                failures[path.name] = str(err)
+        return results, failures
+    return apply
 
 
 def run_extraction(clips: list[Path], out: Path, settings: dict, embed: Callable, group: int,

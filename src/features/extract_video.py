@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import math
 
-import av
 import numpy as np
 import timm
 import torch
@@ -19,12 +17,8 @@ from timm.data import create_transform, resolve_model_data_config
 
 from src.errors import UserError, cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import (WEIGHT_SEED, ClipError, add_common_args, check_args, choose_device,
-                                         run_extraction)
-
-# Expressions change over a few hundred milliseconds; 5 frames a second sees them while keeping the cost
-# (linear in frames) a sixth of every frame at 30 fps.
-DEFAULT_FPS = 5.0
+from src.features.extract_common import (DEFAULT_FPS, WEIGHT_SEED, add_common_args, check_args,
+                                         choose_device, per_clip, read_frames, run_extraction)
 
 
 def build_model(name: str, pretrained: bool, device: torch.device):
@@ -40,32 +34,6 @@ def build_model(name: str, pretrained: bool, device: torch.device):
                         f"--no-pretrained uses random weights") from None
     transform = create_transform(**resolve_model_data_config(model), is_training=False)
     return model.eval().to(device), transform
-
-
-def read_frames(path, fps: float) -> list:
-    """PIL images of the frames sampled at fps (fps <= 0: every frame); ClipError when unreadable."""
-    frames, next_time, start = [], 0.0, None
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ClipError("no video track")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            rate = float(stream.average_rate or 25)
-            for i, frame in enumerate(container.decode(stream)):
-                t = frame.time if frame.time is not None else i / rate
-                start = t if start is None else start
-                t -= start
-                # Take the first frame at or after each k / fps; jumping to the next slot after t (not
-                # next_time + 1/fps) keeps one frame per slot even when the stream skips frames.
-                if fps <= 0 or t >= next_time - 1e-6:
-                    frames.append(frame.to_image())
-                    next_time = (math.floor(t * fps + 1e-6) + 1) / fps if fps > 0 else 0.0
-    except av.FFmpegError as err:
-        raise ClipError(f"cannot decode ({err.strerror or err})") from None
-    if not frames:
-        raise ClipError("no frames decoded")
-    return frames
 
 
 @torch.inference_mode()
@@ -87,15 +55,7 @@ def main(argv=None):
     model, transform = build_model(args.model, not args.no_pretrained, device)
     settings = {"kind": "video", "model": args.model, "pretrained": not args.no_pretrained, "fps": args.fps}
 
-    def embed(paths):
-        vectors, failures = {}, {}
-        for path in paths:
-            try:
-                vectors[path.name] = aggregate(frame_embeddings(model, transform, path, args.fps, args.batch, device))
-            except ClipError as err:
-                failures[path.name] = str(err)
-        return vectors, failures
-
+    embed = per_clip(lambda path: aggregate(frame_embeddings(model, transform, path, args.fps, args.batch, device)))
     return run_extraction(clips, args.out, settings, embed, group=1, allow_failures=args.allow_failures)
 
 
