@@ -99,7 +99,9 @@ def check_predictions(arrays: dict, where: str) -> None:
 
 def write_failed(err: WriteError) -> UserError:
     """A write that failed after the preflight (disk filled, permissions changed): say how to finish."""
-    if {"folds", "models"} & set(Path(err.path).parts):
+    if err.path.name == "config.resolved.yaml":
+        return UserError(f"{err}; nothing trained yet: rerun the same command once the folder is writable")
+    if {"folds", "models"} & set(err.path.parts):
         return UserError(f"{err}; finished folds are kept: rerun the same command once the folder is "
                          "writable to resume from them")
     return UserError(f"{err}; training finished; rerun the same command with a writable folder to write "

@@ -16,7 +16,7 @@ class WriteError(UserError):
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"cannot write {path} ({reason})")
-        self.path = Path(path)
+        self.path, self.reason = Path(path), reason
 
 
 def atomic_write(path: Path, write) -> Path:
