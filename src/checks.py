@@ -31,14 +31,14 @@ def check_template(test_files, template_keys, metadata_path: Path, template_path
 def check_writable(folder: Path) -> None:
     """Write and remove a small file in folder (or in its nearest existing parent, which must let us create it).
 
-    Creates no folder; a read-only or full file system is a UserError naming the folder.
+    Creates no folder; a read-only or full file system is a WriteError naming the folder.
     """
     folder = Path(folder)
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"{folder}: cannot create this folder ({probe} is not a folder)")
+        raise WriteError(folder, f"{probe} is a file, not a folder")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".write_check.", dir=probe)
         try:
@@ -49,8 +49,7 @@ def check_writable(folder: Path) -> None:
         finally:
             os.remove(tmp)
     except OSError as err:
-        raise UserError(f"{folder}: not writable ({err.strerror or err}); "
-                        "fix its permissions or free space before training") from None
+        raise WriteError(folder, err.strerror or str(err)) from None
 
 
 def check_test_labels(path: Path, test_files) -> None:
@@ -84,7 +83,10 @@ def preflight(cfg, ds, out_dirs) -> None:
     check_config_fits(cfg, ds)
     check_test_labels(ds.root / "test_labels.csv", ds.test_files)
     for folder in out_dirs:
-        check_writable(folder)
+        try:
+            check_writable(folder)
+        except WriteError as err:
+            raise UserError(f"{err}; make it writable (or free space) before training") from None
 
 
 def check_predictions(arrays: dict, where: str) -> None:

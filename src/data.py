@@ -151,7 +151,8 @@ def _read_encoder(root: Path, encoder: str):
         # Integer X is accepted and read as float32, like float64 X.
         if X.dtype.kind not in "iuf":
             raise UserError(f"{f}: X must hold numbers (int or float), has dtype {X.dtype}")
-        X = X.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # overflow to inf is reported just below
+            X = X.astype(np.float32, copy=False)
         bad = ~np.isfinite(X)  # after the cast: a float64 1e300 becomes inf in float32
         if bad.any():
             raise UserError(f"encoder '{encoder}' ({f.name}): {int(bad.sum())} NaN/inf values (in float32) "
@@ -182,10 +183,11 @@ def _read_npz(f: Path):
                 raise UserError(f"{f}: needs arrays 'X' and 'filenames' (has: {', '.join(z.files)})")
             return z["X"], z["filenames"]
     except ValueError as err:
-        if "allow_pickle" in str(err) or "pickled" in str(err):
+        if "Object arrays" in str(err):  # an array saved with dtype=object
             raise UserError(f"{f}: holds Python objects (pickled); store X as numbers and filenames as "
                             "strings (np.savez(path, X=X, filenames=np.array(names, dtype=str)))") from None
-        raise UserError(f"{f}: not a readable .npz archive ({str(err).splitlines()[0]})") from None
+        reason = "another format" if "pickle" in str(err) else str(err).splitlines()[0]  # never numpy's advice to unpickle
+        raise UserError(f"{f}: not a readable .npz archive ({reason})") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
         raise UserError(f"{f}: not a readable .npz archive (truncated or another format: "
                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__})") from None

@@ -109,8 +109,9 @@ def score_maps(pred: dict, true: dict, what: str = "submission") -> dict:
     """pred: key -> entries (or configuration index); true: key -> configuration index."""
     if set(pred) != set(true):
         missing, extra = sorted(set(true) - set(pred)), sorted(set(pred) - set(true))
-        raise UserError(f"{what}: keys differ from the labels: {len(missing)} missing "
-                        f"(e.g. {', '.join(missing[:2])}), {len(extra)} unexpected (e.g. {', '.join(extra[:2])})")
+        parts = [f"{len(keys)} {kind} (e.g. {', '.join(keys[:2])})"
+                 for keys, kind in ((missing, "missing"), (extra, "unexpected")) if keys]
+        raise UserError(f"{what}: keys differ from the labels: {', '.join(parts)}")
     keys = sorted(true)
     entries = {k: list(CONFIGS[v]) if isinstance(v, (int, np.integer)) else v for k, v in pred.items()}
     odd = [k for k in keys if not is_legal(entries[k])]
