@@ -465,6 +465,25 @@ def test_leaderboard_fits_the_terminal(monkeypatch):
     assert max(map(len, lines)) <= 120 and {"0.4100", "0.2200", "0.3180", "0.3200"} <= set(buf.getvalue().split())
 
 
+@pytest.mark.parametrize("n_figures", [0, 2])
+def test_report_claims_only_the_figures_it_wrote(n_figures, tmp_path, monkeypatch, capsys):
+    from src import report
+    out = tmp_path / "exp" / "ensembles" / "ens" / "output" / "tiny"
+
+    def write_report(exp_dir, input_dir):  # what write_report leaves when every figure (or two) was drawn
+        (out / "figures").mkdir(parents=True)
+        for i in range(n_figures):
+            (out / "figures" / f"f{i}.png").write_bytes(b"png")
+        (out / "report.md").write_text("# report\n")
+        return out / "report.md"
+    monkeypatch.setattr(report, "write_report", write_report)
+    monkeypatch.setattr(report, "resolve_folder", lambda name: tmp_path)
+    report.main(["exp/ensembles/ens"])
+    said = capsys.readouterr().out.strip()
+    assert ("figures" not in said and "every figure skipped" in said) if n_figures == 0 \
+        else said.endswith(f"and {n_figures} figures in {out / 'figures'}/")
+
+
 def test_readme_lists_every_bad_input_case():
     """README's bad-input list and these tests name the same cases (both directions)."""
     text = (ROOT / "README.md").read_text()
@@ -479,4 +498,4 @@ def test_readme_lists_every_bad_input_case():
 UNWRITABLE = {"submissions_folder_is_a_file", "output_folder_is_a_file", "submissions_folder_read_only"}
 # behaviours with their own tests above: accepted input, and write failures after the preflight
 DOCUMENTED = {"integer_X", "bytes_filenames", "constant_features", "late_write_failure", "full_disk_submission",
-              "full_disk_checkpoint", "nan_predictions", "zip_submission", "leaderboard_width"}
+              "full_disk_checkpoint", "nan_predictions", "zip_submission", "leaderboard_width", "report_figures"}
