@@ -32,7 +32,8 @@ class Bounds:
         why = f" ({self.why})" if self.why else ""
         if isinstance(value, list):
             if len(value) < self.min_len:
-                raise UserError(f"{where}: needs at least {self.min_len} value{'s' * (self.min_len > 1)}, got {value}{why}")
+                plural = "s" * (self.min_len > 1)
+                raise UserError(f"{where}: needs at least {self.min_len} value{plural}, got {value}{why}")
             repeated = sorted({str(v) for v in value if value.count(v) > 1})
             if self.unique and repeated:
                 raise UserError(f"{where}: {', '.join(repeated)} listed more than once{why}")
@@ -63,7 +64,8 @@ PROBABILITY = Bounds(low=0, high=1, high_open=True, why="a probability of 1 woul
 
 @dataclass(frozen=True)
 class Data:
-    encoders: Union[Literal["all"], list[str]] = opt("all", Bounds(min_len=1, unique=True))  # file stems under features/
+    # file stems under features/
+    encoders: Union[Literal["all"], list[str]] = opt("all", Bounds(min_len=1, unique=True))
     allow_missing: bool = False  # clips absent from an encoder are masked (fusion model only)
 
 

@@ -186,7 +186,8 @@ def _read_npz(f: Path):
         if "Object arrays" in str(err):  # an array saved with dtype=object
             raise UserError(f"{f}: holds Python objects (pickled); store X as numbers and filenames as "
                             "strings (np.savez(path, X=X, filenames=np.array(names, dtype=str)))") from None
-        reason = "another format" if "pickle" in str(err) else str(err).splitlines()[0]  # never numpy's advice to unpickle
+        # numpy takes any non-zip file for a pickle; never pass on its advice to unpickle
+        reason = "another format" if "pickle" in str(err) else str(err).splitlines()[0]
         raise UserError(f"{f}: not a readable .npz archive ({reason})") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
         raise UserError(f"{f}: not a readable .npz archive (truncated or another format: "

@@ -157,7 +157,8 @@ class Runner:
                     t0 = time.time()
                     valid, tst, state, extras = fit_fold(ds, cfg, encoders, train_rows, valid_rows,
                                                          cfg.seed + 100 * s + k, self.device, prior)
-                    checks.check_predictions({**valid, **tst}, f"{sub or 'model'} ({', '.join(encoders) or prior}) fold {k} seed {s}")
+                    checks.check_predictions({**valid, **tst},  # NaN must stop the run, not reach a submission
+                                             f"{sub or 'model'} ({', '.join(encoders) or prior}) fold {k} seed {s}")
                     if state is not None:
                         atomic_write(self.out / "models" / sub / f"fold{k}_seed{s}.pt",
                                      lambda p, st=state: torch.save(st, p))
