@@ -16,8 +16,56 @@ from src.errors import UserError
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The legal range of a config value: numbers (or each list item) within [low, high] (high excluded when
+    high_open); lists at least min_len long and without repeats when unique. `why` is added to the message."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    min_len: int = 0
+    unique: bool = False
+    why: str = ""
+
+    def check(self, value, where: str) -> None:
+        """Raise a one-line UserError when value (already type-checked) is out of range."""
+        why = f" ({self.why})" if self.why else ""
+        if isinstance(value, list):
+            if len(value) < self.min_len:
+                plural = "s" * (self.min_len > 1)
+                raise UserError(f"{where}: needs at least {self.min_len} value{plural}, got {value}{why}")
+            repeated = sorted({str(v) for v in value if value.count(v) > 1})
+            if self.unique and repeated:
+                raise UserError(f"{where}: {', '.join(repeated)} listed more than once{why}")
+            for i, v in enumerate(value):
+                self.check(v, f"{where}[{i}]")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return  # a Literal alternative such as top_n: all
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            limit = "must be above" if self.low_open else "is below the minimum"
+            raise UserError(f"{where}: {value} {limit} {self.low}{why}")
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            limit = "must be below" if self.high_open else "is above the maximum"
+            raise UserError(f"{where}: {value} {limit} {self.high}{why}")
+
+
+def opt(default, bounds: Bounds | None = None):
+    """A schema field: its default and its legal range side by side (lists get a fresh copy each time)."""
+    meta = {"range": bounds} if bounds is not None else {}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+POSITIVE = Bounds(low=1)
+PROBABILITY = Bounds(low=0, high=1, high_open=True, why="a probability of 1 would drop everything")
+
+
+@dataclass(frozen=True)
 class Data:
-    encoders: Union[Literal["all"], list[str]] = "all"  # file stems under features/
+    # file stems under features/
+    encoders: Union[Literal["all"], list[str]] = opt("all", Bounds(min_len=1, unique=True))
     allow_missing: bool = False  # clips absent from an encoder are masked (fusion model only)
 
 
@@ -25,55 +73,56 @@ class Data:
 class Model:
     name: Literal["prior", "mlp", "fusion"] = "mlp"
     # prior: the organisers' trivial baselines, one sub-run per kind
-    priors: list[Literal["most_frequent_single", "most_frequent_blend"]] = field(
-        default_factory=lambda: ["most_frequent_single", "most_frequent_blend"])
+    priors: list[Literal["most_frequent_single", "most_frequent_blend"]] = opt(
+        ["most_frequent_single", "most_frequent_blend"], Bounds(min_len=1, unique=True))
     # mlp: how encoders reach it: one concatenated input, one model per encoder, or the mean of those
     inputs: Literal["concat", "per_encoder", "late_mean"] = "concat"
-    hidden: int = 512
-    dropout: float = 0.0
+    hidden: int = opt(512, POSITIVE)
+    dropout: float = opt(0.0, PROBABILITY)
     # fusion (rank-aware selective fusion)
-    shared_dim: int = 256
-    fused_dim: int = 512
-    gate_heads: int = 4
-    top_n: Union[int, Literal["all"]] = "all"
+    shared_dim: int = opt(256, POSITIVE)
+    fused_dim: int = opt(512, POSITIVE)
+    gate_heads: int = opt(4, POSITIVE)  # must divide shared_dim (multi-head attention splits it)
+    top_n: Union[int, Literal["all"]] = opt("all", POSITIVE)  # at most the number of encoders (checked on load)
     selection: Literal["learned", "random", "fixed"] = "learned"
     heads: Literal["two", "salience"] = "two"
-    encoder_dropout: float = 0.0  # probability of hiding an encoder from a training clip
+    encoder_dropout: float = opt(0.0, PROBABILITY)  # probability of hiding an encoder from a training clip
     sweep_top_n: bool = False  # one sub-run per n = 1..number of encoders (exp041)
 
 
 @dataclass(frozen=True)
 class Train:
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = opt(40, POSITIVE)
+    # batches of one row are skipped (covariance and batch statistics need two rows), so 1 would train nothing
+    batch_size: int = opt(64, Bounds(low=2, why="a batch needs two rows for its statistics and CORAL"))
+    lr: float = opt(1e-3, Bounds(low=0, low_open=True))
+    weight_decay: float = opt(0.0, Bounds(low=0))
     optimizer: Literal["adam", "adamw"] = "adam"
     schedule: Literal["constant", "cosine"] = "constant"
-    seeds: int = 1  # models per fold, averaged; fold k of seed s uses seed + 100 * s + k
+    seeds: int = opt(1, POSITIVE)  # models per fold, averaged; fold k of seed s uses seed + 100 * s + k
     early_stopping: bool = False  # on validation LOSS only, never on the decoded score
-    patience: int = 5
+    patience: int = opt(5, POSITIVE)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = 0  # 0: all cores
+    num_threads: int = opt(0, Bounds(low=0))  # 0: all cores
 
 
 @dataclass(frozen=True)
 class Decoder:
     name: Literal["threshold", "nearest"] = "threshold"
-    grid: int = 20  # points per axis over 0.05..0.95, as the organisers' 20 x 20
-    head_weights: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    grid: int = opt(20, POSITIVE)  # points per axis over 0.05..0.95, as the organisers' 20 x 20
+    head_weights: list[float] = opt([round(0.1 * i, 1) for i in range(11)], Bounds(low=0, high=1, min_len=1))
 
 
 @dataclass(frozen=True)
 class Adapt:
-    coral_weight: float = 0.0
+    coral_weight: float = opt(0.0, Bounds(low=0))
     coral_on: Literal["fused", "fused_and_projections"] = "fused"
 
 
 @dataclass(frozen=True)
 class Config:
     note: str = ""
-    seed: int = 0
+    seed: int = opt(0, Bounds(low=0))  # numpy seeds must be >= 0
     smoke: bool = False
     data: Data = field(default_factory=Data)
     model: Model = field(default_factory=Model)
@@ -120,6 +169,7 @@ def _build(cls, values: dict, where: str):
         key = sorted(unknown)[0]
         prefix = f"{where}." if where else ""
         raise UserError(f"unknown key '{prefix}{key}' (known: {', '.join(known)})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in values.items():
         key = f"{where}.{name}" if where else name
@@ -129,7 +179,48 @@ def _build(cls, values: dict, where: str):
             kwargs[name] = _build(hints[name], value, key)
         else:
             kwargs[name] = _check(value, hints[name], key)
-    return cls(**kwargs)
+            if "range" in fields[name].metadata:
+                fields[name].metadata["range"].check(value, key)  # as typed: -1, not -1.0
+    out = cls(**kwargs)
+    if cls is Model and out.shared_dim % out.gate_heads:
+        raise UserError(f"{where}.gate_heads: {out.gate_heads} does not divide {where}.shared_dim {out.shared_dim} "
+                        "(multi-head attention splits it evenly)")
+    return out
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the schema says about one key: its type annotation, default and legal range (None: any value)."""
+    path: str
+    type: object
+    default: object
+    range: Bounds | None
+
+    def check(self, value):
+        """value -> the validated value, or a one-line UserError naming the key (for tuners' search spaces)."""
+        value = _check(value, self.type, self.path)
+        if self.range is not None:
+            self.range.check(value, self.path)
+        return value
+
+
+def spec(path: str) -> Spec:
+    """Type, default and range of a dotted key such as 'model.dropout'; unknown keys are a UserError."""
+    cls, parts = Config, path.split(".")
+    for i, name in enumerate(parts):
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        if name not in known:
+            raise UserError(f"unknown key '{'.'.join(parts[:i + 1])}' (known: {', '.join(known)})")
+        tp = typing.get_type_hints(cls)[name]
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(tp):
+                raise UserError(f"unknown key '{path}': '{'.'.join(parts[:i + 1])}' is not a section")
+            cls = tp
+    f = known[name]
+    if dataclasses.is_dataclass(tp):
+        raise UserError(f"'{path}' is a section, not a value")
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return Spec(path, tp, default, f.metadata.get("range"))
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -196,10 +287,11 @@ def load(exp_dir: Path, sets: list[str] = (), smoke: bool = False) -> Config:
         raise UserError(f"{Path(exp_dir).name}/config.yaml: {err}") from None
     if smoke:
         values = merge(values, {**SMOKE, "smoke": True})
+    overrides = parse_set(list(sets))  # its own errors already start with --set
     try:
-        return _build(Config, merge(values, parse_set(list(sets))), "")
-    except UserError as err:
-        raise UserError(f"--set: {err}") from None
+        return _build(Config, merge(values, overrides), "")
+    except UserError as err:  # the YAML passed above, so the offending value came from --set
+        raise UserError(f"--set {err}") from None
 
 
 def to_dict(cfg) -> dict:

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from src.errors import UserError
 from src.labels import EMOTIONS, actor_of, config_index, parse_filename, strip_extension
 
 LABEL_COLUMNS = ("emotion_1", "emotion_2", "emotion_1_salience", "emotion_2_salience")
+# float32 is what models see: a feature whose sum or squared deviations exceed this overflows the z-score
+FLOAT32_SAFE = float(np.finfo(np.float32).max) / 16
 
 
 @dataclass
@@ -66,6 +70,8 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     for col in required:
         if col not in frame.columns:
             raise UserError(f"{path}: missing column '{col}' (has: {', '.join(frame.columns)})")
+    if frame.empty:
+        raise UserError(f"{path}: no rows (only a header); list one clip per row")
     dup = frame["filename"].map(strip_extension).duplicated()
     if dup.any():
         raise UserError(f"{path}: duplicate file names, e.g. '{frame['filename'][dup].iloc[0]}' ({int(dup.sum())} repeated)")
@@ -114,7 +120,13 @@ def _read_train(root: Path):
     if (per_actor > 1).any():
         actor = per_actor[per_actor > 1].index[0]
         raise UserError(f"{path}: actor '{actor}' appears in several folds "
-                        f"({sorted(set(folds[actors == actor]))}); folds must be actor-disjoint")
+                        f"({sorted(int(k) for k in set(folds[actors == actor]))}); folds must be actor-disjoint")
+    # Folds are numbered 0..K-1 (the official split is 0..4); fold ids name files and seeds (seed + k).
+    ids = sorted(int(k) for k in np.unique(folds))
+    if len(ids) < 2:
+        raise UserError(f"{path}: needs at least 2 folds (a fold trains on the others), found only fold {ids[0]}")
+    if ids != list(range(len(ids))):
+        raise UserError(f"{path}: fold values must be 0..K-1 with none skipped, found {ids}")
     labels = read_labels(frame, path)
     order = np.argsort(frame["filename"].to_numpy(), kind="stable")
     return frame["filename"].to_numpy()[order], folds[order], actors[order], labels[order]
@@ -129,27 +141,77 @@ def _read_encoder(root: Path, encoder: str):
                         f"or {root / 'features' / encoder}/*.npz")
     keys, blocks = [], []
     for f in files:
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                if "X" not in z or "filenames" not in z:
-                    raise UserError(f"{f}: needs arrays 'X' and 'filenames' (has: {', '.join(z.files)})")
-                X, names = z["X"], z["filenames"]
-        except (OSError, ValueError) as err:
-            raise UserError(f"{f}: cannot read ({str(err).splitlines()[0]})") from None
+        X, names = _read_npz(f)
         if X.ndim != 2 or names.ndim != 1 or len(X) != len(names):
             raise UserError(f"{f}: X {X.shape} and filenames {names.shape} must be [N, D] and [N] with the same N")
+        if X.shape[1] == 0:
+            raise UserError(f"encoder '{encoder}' ({f.name}): X has width 0 (no features)")
         if blocks and X.shape[1] != blocks[0].shape[1]:
             raise UserError(f"{f}: width {X.shape[1]} differs from {blocks[0].shape[1]} in the other shards")
-        bad = ~np.isfinite(X)
+        # Integer X is accepted and read as float32, like float64 X.
+        if X.dtype.kind not in "iuf":
+            raise UserError(f"{f}: X must hold numbers (int or float), has dtype {X.dtype}")
+        with np.errstate(over="ignore"):  # overflow to inf is reported just below
+            X = X.astype(np.float32, copy=False)
+        bad = ~np.isfinite(X)  # after the cast: a float64 1e300 becomes inf in float32
         if bad.any():
-            raise UserError(f"encoder '{encoder}' ({f.name}): {int(bad.sum())} NaN/inf values "
+            raise UserError(f"encoder '{encoder}' ({f.name}): {int(bad.sum())} NaN/inf values (in float32) "
                             f"in {int(bad.any(1).sum())} rows")
+        if names.dtype.kind == "S":  # bytes names, as some writers store them
+            names = np.char.decode(names, "utf-8", "replace")
+        if names.dtype.kind != "U":
+            raise UserError(f"{f}: filenames must be strings, has dtype {names.dtype} "
+                            f"(e.g. {names[0].item() if len(names) else ''!r})")
         keys += [strip_extension(str(n)) for n in names]
-        blocks.append(X.astype(np.float32, copy=False))
+        blocks.append(X)
     key_index = pd.Index(keys)
     if key_index.has_duplicates:
         raise UserError(f"encoder '{encoder}': clip '{key_index[key_index.duplicated()][0]}' appears twice")
     return key_index, np.concatenate(blocks)
+
+
+def _read_npz(f: Path):
+    """(X, filenames) of one .npz; any unreadable file is one line (never numpy's advice to unpickle)."""
+    if f.stat().st_size == 0:
+        raise UserError(f"{f}: empty file (0 bytes)")
+    try:
+        z = np.load(f, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise UserError(f"{f}: a single .npy array, not an .npz archive with 'X' and 'filenames'")
+        with z:
+            if "X" not in z or "filenames" not in z:
+                raise UserError(f"{f}: needs arrays 'X' and 'filenames' (has: {', '.join(z.files)})")
+            return z["X"], z["filenames"]
+    except ValueError as err:
+        if "Object arrays" in str(err):  # an array saved with dtype=object
+            raise UserError(f"{f}: holds Python objects (pickled); store X as numbers and filenames as "
+                            "strings (np.savez(path, X=X, filenames=np.array(names, dtype=str)))") from None
+        # numpy takes any non-zip file for a pickle; never pass on its advice to unpickle
+        reason = "another format" if "pickle" in str(err) else str(err).splitlines()[0]
+        raise UserError(f"{f}: not a readable .npz archive ({reason})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+        raise UserError(f"{f}: not a readable .npz archive (truncated or another format: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def check_scale(encoder: str, X: np.ndarray, present: np.ndarray) -> None:
+    """Features whose z-score would overflow float32 (values near its maximum) are an error naming the encoder.
+
+    X: float32 [N, D]; present: bool [N]. Cheap bound first; the exact float64 check only when it fails.
+    """
+    rows = X[present]
+    if not len(rows):
+        return
+    peak = float(np.abs(rows).max())
+    if peak * len(rows) < FLOAT32_SAFE and 4 * peak * peak * len(rows) < FLOAT32_SAFE:
+        return
+    rows = rows.astype(np.float64)
+    total = np.abs(rows).sum(0)
+    spread = ((rows - rows.mean(0)) ** 2).sum(0)
+    bad = np.flatnonzero((total >= FLOAT32_SAFE) | (spread >= FLOAT32_SAFE))
+    if bad.size:
+        raise UserError(f"encoder '{encoder}': values up to {peak:.3g} in {bad.size} feature columns "
+                        f"(first: column {int(bad[0])}) overflow float32 standardisation; rescale them")
 
 
 def available_encoders(root: Path) -> list[str]:
@@ -172,6 +234,8 @@ def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Datase
         raise UserError(f"{root}: clip '{sorted(clash)[0]}' is in both train and test metadata")
 
     names = available_encoders(root) if encoders == "all" else list(encoders)
+    if len(set(names)) != len(names):
+        raise UserError(f"data.encoders: {', '.join(sorted({n for n in names if names.count(n) > 1}))} listed twice")
     if not names:
         raise UserError(f"{root / 'features'}: no encoder files (*.npz)")
     all_keys = pd.Index([strip_extension(f) for f in list(train_files) + list(test_files)])
@@ -187,6 +251,7 @@ def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Datase
                             "set data.allow_missing: true with a model that masks encoders")
         aligned = np.zeros((len(all_keys), X.shape[1]), dtype=np.float32)
         aligned[~missing] = X[pos[~missing]]
+        check_scale(enc, aligned, ~missing)
         features[enc], present[enc] = aligned, ~missing
 
     template_keys = None
@@ -196,10 +261,8 @@ def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Datase
             template_keys = sorted(json.loads(template.read_text())["predictions"])
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{template}: expected a JSON object with a 'predictions' mapping") from None
-        absent = sorted(set(test_files) - set(template_keys))
-        if absent:
-            raise UserError(f"{root / 'test_metadata.csv'}: {len(absent)} test clips absent from "
-                            f"{template.name} (e.g. {', '.join(absent[:3])})")
+        from src.checks import check_template
+        check_template(test_files, template_keys, root / "test_metadata.csv", template)
     return Dataset(name=root.name, root=root, train_files=train_files, test_files=test_files, folds=folds,
                    actors=actors, labels=labels, encoders=names, features=features, present=present,
                    template_keys=template_keys)

@@ -45,16 +45,18 @@ def strip_extension(name: str) -> str:
 
 def config_index(entries) -> int:
     """[(emotion, salience), ...] -> configuration index; raises UserError for an illegal label."""
+    typed = ", ".join(f"{e} {s}" for e, s in entries)  # messages show the values as written, not rounded
     pairs = tuple((str(e), int(round(float(s)))) for e, s in entries)
     emotions = [e for e, _ in pairs]
     if any(e not in EMOTIONS for e in emotions):
-        raise UserError(f"unknown emotion code in {list(pairs)} (known: {', '.join(EMOTIONS)})")
+        raise UserError(f"unknown emotion code in [{typed}] (known: {', '.join(EMOTIONS)})")
     if len(pairs) == 1:
         pairs = ((pairs[0][0], 100),)  # a single is a single whatever salience it carries
     key = frozenset(pairs)
     if len(pairs) not in (1, 2) or len(key) != len(pairs) or key not in CONFIG_INDEX:
-        raise UserError(f"illegal label {list(pairs)}: saliences must be 50/50, 70/30 or 30/70 "
-                        "between two different non-neutral emotions")
+        hint = " (saliences are percentages: 70/30, not 0.7/0.3)" if all(0 < float(s) <= 1 for _, s in entries) else ""
+        raise UserError(f"illegal label [{typed}]: saliences must be 50/50, 70/30 or 30/70 "
+                        f"between two different non-neutral emotions{hint}")
     return CONFIG_INDEX[key]
 
 

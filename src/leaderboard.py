@@ -153,10 +153,13 @@ def show(df: pd.DataFrame, dataset: str, per_seed: bool = False) -> None:
     header, rows = display_rows(df, per_seed)
     table = Table(title=f"leaderboard on {dataset}", caption=NOTE_PER_SEED if per_seed else NOTE)
     for i, col in enumerate(header):
-        table.add_column(col.replace(" ", "\n", 1), justify="left" if i == 1 else "right", no_wrap=True)
+        table.add_column(col.replace(" ", "\n", 1), justify="left" if i == 1 else "right", overflow="fold",
+                         min_width=None if i < 2 else 6)  # numbers stay whole; long words fold
     for cells in rows:
         table.add_row(*cells)
-    Console(width=max(220, Console().width)).print(table)  # a pipe reports 80 columns, too narrow for 13
+    console = Console()
+    # a terminal: fit its width (rich wraps cells); a pipe or file reports 80 columns, too narrow for 13
+    (console if console.is_terminal else Console(width=220)).print(table)
 
 
 @cli

@@ -23,12 +23,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from src import checks
 from src import config as config_mod
 from src import data as data_mod
 from src import decode, submission, synth
 from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, ROOT, SUBMISSIONS, display_path
-from src.io import atomic_write, write_csv, write_json, write_npz, write_text
+from src.io import WriteError, atomic_write, write_csv, write_json, write_npz, write_text
 from src.labels import EMOTIONS, SALIENCE
 from src.metric import score
 from src.score import read_label_file
@@ -111,6 +112,7 @@ class Runner:
         self.ds = data_mod.load(input_dir, self.cfg.data.encoders, self.cfg.data.allow_missing)
         check_compatible(self.cfg, self.ds)
         self.out = self.exp_dir / "output" / self.ds.name
+        checks.preflight(self.cfg, self.ds, [self.out, SUBMISSIONS / self.ds.name])  # before anything trains
         self.device = pick_device(self.cfg.train.device)
 
     def resolved(self) -> dict:
@@ -155,6 +157,8 @@ class Runner:
                     t0 = time.time()
                     valid, tst, state, extras = fit_fold(ds, cfg, encoders, train_rows, valid_rows,
                                                          cfg.seed + 100 * s + k, self.device, prior)
+                    checks.check_predictions({**valid, **tst},  # NaN must stop the run, not reach a submission
+                                             f"{sub or 'model'} ({', '.join(encoders) or prior}) fold {k} seed {s}")
                     if state is not None:
                         atomic_write(self.out / "models" / sub / f"fold{k}_seed{s}.pt",
                                      lambda p, st=state: torch.save(st, p))
@@ -376,4 +380,8 @@ def nearest(prob: np.ndarray) -> np.ndarray:
 @cli
 def run(exp_dir, argv=None) -> Path:
     """Entry point of every exp/*/run.py."""
-    return Runner(Path(exp_dir), argv).run()
+    runner = Runner(Path(exp_dir), argv)
+    try:
+        return runner.run()
+    except WriteError as err:  # a late failure (disk filled, permissions changed): say how to finish
+        raise checks.write_failed(err) from None

@@ -608,7 +608,9 @@ def main(argv=None):
     p.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="dataset folder (default: input/synthetic)")
     args = p.parse_args(argv)
     path = write_report(resolve_folder(args.experiment), args.input)
-    print(f"wrote {display_path(path)} and {display_path(path.parent / 'figures')}/")
+    figures = sorted((path.parent / "figures").glob("*.png"))  # skipped figures were removed
+    print(f"wrote {display_path(path)}" + (f" and {len(figures)} figures in {display_path(path.parent / 'figures')}/"
+                                          if figures else " (every figure skipped: these outputs have no data for them)"))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
 """Score a submission against a labels CSV with the official semantics.
 
-    python src/score.py PRED.json|PRED.csv LABELS.csv
+    python src/score.py PRED.zip|PRED.json|PRED.csv LABELS.csv
 prints {"acc_presence": .., "acc_salience": .., "score": .., "n": .., "n_blend": ..}
+
+Whatever the official scorer scores is scored here the same way (BLEMORE.md, "The metric"): presence
+compares emotion sets, salience compares {emotion: round(salience)} maps on true blends, for any entry
+list, legal or not (60/40, 0.7/0.3, a repeated emotion, neutral in a blend). Such entries get one warning
+line on stderr; our own writer never produces them. Errors are kept for what the official code cannot
+score: not JSON, no `predictions` mapping, malformed entries, keys that differ from the labels'.
 """
 from __future__ import annotations
 
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make `src` importable
@@ -15,58 +22,110 @@ if __package__ in (None, ""):  # run as a file: make `src` importable
 import numpy as np
 import pandas as pd
 
-from src.data import read_labels
 from src.errors import UserError, cli
-from src.labels import config_index, strip_extension
-from src.metric import score
+from src.labels import CONFIGS, IS_BLEND, config_index, strip_extension
+
+
+def _json_text(path: Path) -> str:
+    """The submission's JSON text: the file itself, or the one .json member of a CodaBench .zip."""
+    if path.suffix != ".zip":
+        return path.read_text()
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = [m for m in z.namelist() if m.endswith(".json") and not m.startswith("__MACOSX")]
+            if len(members) != 1:
+                raise UserError(f"{path}: expected one .json file inside the zip, found {len(members)}")
+            return z.read(members[0]).decode("utf-8")
+    except (zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a readable zip ({err})") from None
+
+
+def _entries(key, value, path: Path) -> list[tuple[str, float]]:
+    """One prediction -> [(emotion, salience)], as the official code reads it; malformed -> UserError."""
+    try:
+        return [(str(e["emotion"]), float(e["salience"])) for e in value]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: entry '{key}' is not a list of {{\"emotion\", \"salience\": number}} "
+                        f"objects: {json.dumps(value)[:80]}") from None
 
 
 def read_submission(path: Path) -> dict:
-    """clip key (extension stripped) -> configuration index, from the official JSON or our CSV."""
+    """clip key (extension stripped) -> [(emotion, salience)], from the official JSON/zip or our CSV."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    try:
-        if path.suffix == ".json":
-            preds = json.loads(path.read_text())["predictions"]
-            items = [(k, [(e["emotion"], e["salience"]) for e in v]) for k, v in preds.items()]
-        elif path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-            items = [(r.filename, [(r.emotion_1, r.salience_1)] + ([(r.emotion_2, r.salience_2)] if r.emotion_2 else []))
-                     for r in frame.itertuples()]
-        else:
-            raise UserError(f"{path}: expected a .json or .csv submission")
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{path}: not a submission ({type(err).__name__}: {err})") from None
-    out = {}
-    for key, entries in items:
+    if path.suffix in (".json", ".zip"):
         try:
-            out[strip_extension(str(key))] = config_index(entries)
-        except (UserError, ValueError) as err:
-            raise UserError(f"{path}: entry '{key}': {err}") from None
+            preds = json.loads(_json_text(path))
+        except ValueError as err:
+            raise UserError(f"{path}: not JSON ({err})") from None
+        if not isinstance(preds, dict) or not isinstance(preds.get("predictions"), dict):
+            raise UserError(f"{path}: expected a JSON object with a 'predictions' mapping")
+        items = list(preds["predictions"].items())
+    elif path.suffix == ".csv":
+        from src.data import _read_csv
+        frame = _read_csv(path, ("filename", "emotion_1", "salience_1", "emotion_2", "salience_2"))
+        items = [(r.filename, [{"emotion": r.emotion_1, "salience": r.salience_1}]
+                  + ([{"emotion": r.emotion_2, "salience": r.salience_2}] if r.emotion_2 else []))
+                 for r in frame.itertuples()]
+    else:
+        raise UserError(f"{path}: expected a .zip, .json or .csv submission")
+    out = {strip_extension(str(k)): _entries(k, v, path) for k, v in items}
     if len(out) != len(items):
-        raise UserError(f"{path}: a clip appears twice")
+        raise UserError(f"{path}: a clip appears twice (keys equal after removing .mov)")
     return out
 
 
 def read_label_file(path: Path) -> dict:
     """clip key -> true configuration index, from a labels CSV (filename + label columns)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if "filename" not in frame.columns:
-        raise UserError(f"{path}: missing column 'filename'")
-    return dict(zip(map(strip_extension, frame["filename"]), read_labels(frame, path)))
+    from src.data import _read_csv, read_labels
+
+    frame = _read_csv(Path(path), ("filename",))
+    return dict(zip(map(strip_extension, frame["filename"]), read_labels(frame, Path(path))))
+
+
+def is_legal(entries) -> bool:
+    """True for what our writer produces: a single, or a 50/50, 70/30, 30/70 blend written exactly."""
+    try:
+        config_index(entries)
+    except (UserError, ValueError):
+        return False
+    return len(entries) == 1 or all(float(s) == round(float(s)) for _, s in entries)
+
+
+def official_hits(entries, true: int) -> tuple[bool, bool]:
+    """(presence right, salience right) of one prediction against configuration `true`, as the official code.
+
+    entries: [(emotion, salience)] as submitted; salience counts on true blends only (False elsewhere).
+    """
+    truth = CONFIGS[true]
+    presence = {e for e, _ in entries} == {e for e, _ in truth}
+    salience = bool(IS_BLEND[true]) and len(entries) == 2 and \
+        {e: round(s) for e, s in entries} == {e: round(s) for e, s in truth}
+    return presence, salience
 
 
 def score_maps(pred: dict, true: dict, what: str = "submission") -> dict:
+    """pred: key -> entries (or configuration index); true: key -> configuration index."""
     if set(pred) != set(true):
         missing, extra = sorted(set(true) - set(pred)), sorted(set(pred) - set(true))
-        raise UserError(f"{what}: keys differ from the labels: {len(missing)} missing "
-                        f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
+        parts = [f"{len(keys)} {kind} (e.g. {', '.join(keys[:2])})"
+                 for keys, kind in ((missing, "missing"), (extra, "unexpected")) if keys]
+        raise UserError(f"{what}: keys differ from the labels: {', '.join(parts)}")
     keys = sorted(true)
-    return score(np.array([pred[k] for k in keys]), np.array([true[k] for k in keys]))
+    entries = {k: list(CONFIGS[v]) if isinstance(v, (int, np.integer)) else v for k, v in pred.items()}
+    odd = [k for k in keys if not is_legal(entries[k])]
+    if odd:
+        shown = ", ".join(f"{e} {s:g}" for e, s in entries[odd[0]])
+        print(f"warning: {what}: {len(odd)} of {len(keys)} entries are not one of the 36 legal labels "
+              f"(e.g. {odd[0]}: [{shown}]); scored as the official scorer does", file=sys.stderr)
+    hits = np.array([official_hits(entries[k], true[k]) for k in keys], dtype=bool).reshape(-1, 2)
+    blend = IS_BLEND[np.array([true[k] for k in keys], dtype=int)]
+    acc_presence = float(hits[:, 0].mean()) if len(keys) else 0.0
+    # The official scorer returns 0.0 for salience when there are no true blends.
+    acc_salience = float(hits[blend, 1].mean()) if blend.any() else 0.0
+    return {"acc_presence": acc_presence, "acc_salience": acc_salience,
+            "score": (acc_presence + acc_salience) / 2, "n": len(keys), "n_blend": int(blend.sum())}
 
 
 def score_files(pred_path: Path, labels_path: Path) -> dict:
@@ -77,7 +136,7 @@ def score_files(pred_path: Path, labels_path: Path) -> dict:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        raise UserError("usage: python src/score.py PRED.json|PRED.csv LABELS.csv")
+        raise UserError("usage: python src/score.py PRED.zip|PRED.json|PRED.csv LABELS.csv")
     print(json.dumps(score_files(Path(argv[0]), Path(argv[1]))))
 
 

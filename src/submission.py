@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from src.errors import UserError
-from src.io import atomic_write, write_csv, write_text
+from src.checks import check_writable
+from src.io import WriteError, atomic_write
 from src.labels import N_CONFIGS, config_entries
 
 ZIP_MEMBER = "submission_template.json"  # the name inside the organisers' CodaBench template zip
@@ -50,17 +52,34 @@ def validate(files, configs, expected_keys, template_keys=None) -> None:
 
 
 def write(out_dir: Path, name: str, files, configs, expected_keys, template_keys=None) -> dict:
-    """Validate, then write <name>.csv, .json and .zip atomically; returns their paths."""
+    """Validate, then write <name>.csv, .json and .zip; returns their paths.
+
+    All three are staged first and renamed only when all three are written, so a full or read-only
+    folder leaves the older submission of that name (if any) intact and no partial set.
+    """
     validate(files, configs, expected_keys, template_keys)
     order = np.argsort(np.asarray(files, dtype=str), kind="stable")
     files, configs = np.asarray(files)[order], np.asarray(configs)[order]
-    text = json.dumps(to_json(files, configs), indent=2)
+    text = json.dumps(to_json(files, configs), indent=2) + "\n"
     out_dir = Path(out_dir)
-    paths = {"csv": write_csv(out_dir / f"{name}.csv", to_frame(files, configs)),
-             "json": write_text(out_dir / f"{name}.json", text + "\n")}
+    check_writable(out_dir)
 
     def zip_it(p):
         with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr(ZIP_MEMBER, text + "\n")
-    paths["zip"] = atomic_write(out_dir / f"{name}.zip", zip_it)
+            z.writestr(ZIP_MEMBER, text)
+    writers = {"csv": lambda p: to_frame(files, configs).to_csv(p, index=False, float_format="%.6f"),
+               "json": lambda p: p.write_text(text), "zip": zip_it}
+    staged, paths = [], {}
+    try:
+        for kind, writer in writers.items():
+            paths[kind] = out_dir / f"{name}.{kind}"
+            try:
+                staged.append(atomic_write(out_dir / f".{name}.{kind}.staged", writer))
+            except WriteError as err:
+                raise WriteError(paths[kind], err.reason) from None
+        for tmp, kind in zip(staged, writers):
+            os.replace(tmp, paths[kind])
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
     return paths

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.errors import cli
+from src.errors import UserError, cli
 from src.features.aggregate import PERCENTILES
 from src.io import write_csv, write_json, write_npz
 from src.labels import BLEND_EMOTIONS, BLEND_RATIOS, CONFIG_INDEX, EMOTIONS, SALIENCE, config_entries
@@ -205,6 +205,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full-size", action="store_true", help="the real aggregated encoder widths")
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        raise UserError(f"--seed: {args.seed} is below the minimum 0 (numpy seeds are non-negative)")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a file; give a folder for the dataset")
     write(args.out, args.seed, args.full_size)
     meta = pd.read_csv(args.out / "train_metadata.csv")
     print(f"wrote {args.out}: {len(meta)} train clips in {meta['fold'].nunique()} folds, "
