@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Entry point: bootstraps .venv from requirements*.txt, then runs an experiment, the tests or the benchmarks.
-#   bash run.sh exp042 [--input DIR] [--smoke] [--force] [--set key.path=value ...]
-#   bash run.sh test [pytest args]        bash run.sh bench [--full-size]
-#   bash run.sh ensemble exp040 exp042    bash run.sh extract video|audio [args]
+# Entry point: bootstraps .venv from requirements*.txt, then runs an experiment, a tool, the tests or the benchmarks.
+#   bash run.sh exp042 [--input DIR] [--smoke] [--set key.path=value ...] [--name NAME] [--force]
+#   bash run.sh predict exp042[@variant] --input DIR     bash run.sh report exp042[@variant] [--input DIR]
+#   bash run.sh ensemble exp040 exp042    bash run.sh leaderboard [--smoke]    bash run.sh score PRED LABELS
+#   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
+#   bash run.sh extract video|audio [args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -24,7 +26,7 @@ install_requirements() {
   fi
 }
 
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage
 cmd="$1"; shift
@@ -37,9 +39,12 @@ case "$cmd" in
     install_requirements requirements.txt
     install_requirements requirements-extract.txt
     exec "$PY" -m src.bench "$@" ;;
-  ensemble)
+  ensemble|report|leaderboard|score)
     install_requirements requirements.txt
-    exec "$PY" src/ensemble.py "$@" ;;
+    exec "$PY" "src/$cmd.py" "$@" ;;
+  synth|predict)
+    install_requirements requirements.txt
+    exec "$PY" -m "src.$cmd" "$@" ;;
   extract)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt

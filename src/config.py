@@ -51,7 +51,7 @@ class Train:
     optimizer: Literal["adam", "adamw"] = "adam"
     schedule: Literal["constant", "cosine"] = "constant"
     seeds: int = 1  # models per fold, averaged; fold k of seed s uses seed + 100 * s + k
-    early_stopping: bool = False  # on validation LOSS only, never on the decoded score
+    early_stopping: bool = False  # on the LOSS of an inner split of the training folds, never the scored rows
     patience: int = 5
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0  # 0: all cores
@@ -200,6 +200,11 @@ def load(exp_dir: Path, sets: list[str] = (), smoke: bool = False) -> Config:
         return _build(Config, merge(values, parse_set(list(sets))), "")
     except UserError as err:
         raise UserError(f"--set: {err}") from None
+
+
+def from_resolved(values: dict) -> Config:
+    """The Config of a finished run, from its config.resolved.yaml (derived values and run record dropped)."""
+    return _build(Config, {k: v for k, v in values.items() if k not in ("derived", "run")}, "")
 
 
 def to_dict(cfg) -> dict:
