@@ -14,6 +14,7 @@ from conftest import ROOT, TEMPLATE, output_dir, run_cli, run_exp, run_script, s
 from src import config, data
 from src.experiments import resolve
 from src.labels import EMOTIONS
+from src.leaderboard import collect
 from src.pipeline import choose_per_fold
 from src.train import fit_fold, inner_split
 
@@ -152,6 +153,10 @@ def test_variants_live_side_by_side(make_dataset):
     assert all((full.parent / f / "metrics.json").is_file() for f in folders)
     subs = sorted(p.name for p in sub_dir.glob("*.json"))
     assert len(subs) == 1 + len(variants) and f"{name}@smoke.json" in subs and f"{name}@one_epoch.json" in subs
+    # the leaderboard lists each variant as its own row; smoke runs only when asked
+    rows = set(collect(root)["name"])
+    assert rows == {name, f"{name}@one_epoch", f"{name}@{output_dir('exp020', root, *variants[2]).name.split('@')[1]}"}
+    assert f"{name}@smoke" in set(collect(root, smoke=True)["name"])
     # the order of --set flags does not make another variant
     a = output_dir("exp020", root, "--set", "train.lr=0.1", "--set", "train.epochs=2")
     b = output_dir("exp020", root, "--set", "train.epochs=2", "--set", "train.lr=0.1")
