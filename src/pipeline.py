@@ -389,8 +389,7 @@ def scored(res: dict, ds) -> dict:
             "seeds": seeds} | ({"test": test[0]} if test is not None else {})
 
 
-def write_run(plan: Plan, log: Log, final: dict, evaluated: dict, extra: dict, group, histories: dict,
-              clock: Clock) -> dict:
+def write_run(plan: Plan, final: dict, evaluated: dict, extra: dict, group, histories: dict, clock: Clock) -> dict:
     """Predictions and the submission first, then (reading test labels only now) every score."""
     ds = plan.ds
     write_predictions(plan.out, ds, final)
@@ -483,7 +482,7 @@ def run_plan(plan: Plan) -> Path:
     if combine == "single":
         write_projections(plan, subs[0])
     final, evaluated, extra = decode_all(plan, results, combine)
-    metrics = write_run(plan, log, final, evaluated, extra, group, histories, clock)
+    metrics = write_run(plan, final, evaluated, extra, group, histories, clock)
     remove_stale(plan, log)
     show(log, f"{plan.name} on {ds.name}", metrics, group)
     if metrics["resumes"]:
