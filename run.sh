@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Entry point: bootstraps .venv from requirements*.txt, then runs an experiment, the tests or the benchmarks.
-#   bash run.sh exp042 [--input DIR] [--smoke] [--force] [--set key.path=value ...]
-#   bash run.sh test [pytest args]        bash run.sh bench [--full-size]
-#   bash run.sh ensemble exp040 exp042    bash run.sh extract video|audio|egemaps|compare|faces [args]
+# Entry point: bootstraps .venv from requirements*.txt, then runs an experiment, a tool, the tests or the benchmarks.
+#   bash run.sh exp042 [--input DIR] [--smoke] [--set key.path=value ...] [--name NAME] [--force]
+#   bash run.sh predict exp042[@variant] --input DIR     bash run.sh report exp042[@variant] [--input DIR]
+#   bash run.sh ensemble exp040 exp042    bash run.sh leaderboard [--smoke]    bash run.sh score PRED LABELS
+#   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
+#   bash run.sh extract video|audio|egemaps|compare|faces [args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -26,7 +28,7 @@ install_requirements() {
   fi
 }
 
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage
 cmd="$1"; shift
@@ -41,9 +43,12 @@ case "$cmd" in
     install_requirements requirements-extract.txt
     install_requirements requirements-extract-nodeps.txt --no-deps
     exec "$PY" -m src.bench "$@" ;;
-  ensemble)
+  ensemble|report|leaderboard|score)
     install_requirements requirements.txt
-    exec "$PY" src/ensemble.py "$@" ;;
+    exec "$PY" "src/$cmd.py" "$@" ;;
+  synth|predict)
+    install_requirements requirements.txt
+    exec "$PY" -m "src.$cmd" "$@" ;;
   extract)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt

@@ -3,11 +3,13 @@
 (a) the vectorised threshold grid search against the organisers' per-clip loop on 2,456 clips;
 (b) wall time of experiments on the default dataset (and, with --full-size, exp042 on real widths);
 (c) the LightGBM ensemble of three members; (d) feature extraction throughput.
+Runs train in their own output and submission roots under .cache/bench/, never in a user's exp/*/output/.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import numpy as np
 
 from src.decode import decode_thresholds, fit_thresholds, threshold_grid
 from src.errors import cli
-from src.experiments import ROOT
+from src.experiments import ROOT, output_dir, resolve, variant_name
+
+BENCH_ROOT = ROOT / ".cache" / "bench"  # git-ignored; BLEMORE_OUTPUT_ROOT / BLEMORE_SUBMISSIONS point here
 from src.labels import CONFIGS
 
 
@@ -76,16 +80,17 @@ def bench_grid_search(n: int = 2456, seed: int = 0) -> dict:
 
 
 def bench_experiment(exp_id: str, *args: str) -> dict:
-    """Wall time of a forced full run (subprocess, as a user runs it) and its OOF/test score."""
+    """Wall time of a forced full run (subprocess, as a user runs it, in the benchmark's output root)."""
     import subprocess
     import sys
-    from src.experiments import resolve
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "src.experiments", exp_id, "--force", "--quiet", *args],
                    cwd=ROOT, check=True)
     wall = time.perf_counter() - t0
     input_name = Path(args[args.index("--input") + 1]).name if "--input" in args else "synthetic"
-    metrics = json.loads((resolve(exp_id) / "output" / input_name / "metrics.json").read_text())
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    out = output_dir(resolve(exp_id), input_name, variant_name(False, sets))
+    metrics = json.loads((out / "metrics.json").read_text())
     return {"experiment": exp_id, "input": input_name, "wall_s": round(wall, 1),
             "oof_score": metrics["oof"]["score"], "test_score": metrics.get("test", {}).get("score")}
 
@@ -110,6 +115,8 @@ def main(argv=None):
     p.add_argument("--skip-runs", action="store_true", help="only the grid-search benchmark")
     p.add_argument("--skip-extract", action="store_true", help="skip the feature-extraction benchmark")
     args = p.parse_args(argv)
+    # every run below (subprocesses inherit this) and the ensemble read/write the benchmark's own roots
+    os.environ.update({"BLEMORE_OUTPUT_ROOT": str(BENCH_ROOT / "exp"), "BLEMORE_SUBMISSIONS": str(BENCH_ROOT / "submissions")})
     results = {"grid_search": bench_grid_search()}
     print(json.dumps(results["grid_search"]), flush=True)
     if not args.skip_runs:

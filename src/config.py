@@ -100,7 +100,7 @@ class Train:
     optimizer: Literal["adam", "adamw"] = "adam"
     schedule: Literal["constant", "cosine"] = "constant"
     seeds: int = opt(1, POSITIVE)  # models per fold, averaged; fold k of seed s uses seed + 100 * s + k
-    early_stopping: bool = False  # on validation LOSS only, never on the decoded score
+    early_stopping: bool = False  # on the LOSS of an inner split of the training folds, never the scored rows
     patience: int = opt(5, POSITIVE)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = opt(0, Bounds(low=0))  # 0: all cores
@@ -292,6 +292,11 @@ def load(exp_dir: Path, sets: list[str] = (), smoke: bool = False) -> Config:
         return _build(Config, merge(values, overrides), "")
     except UserError as err:  # the YAML passed above, so the offending value came from --set
         raise UserError(f"--set {err}") from None
+
+
+def from_resolved(values: dict) -> Config:
+    """The Config of a finished run, from its config.resolved.yaml (derived values and run record dropped)."""
+    return _build(Config, {k: v for k, v in values.items() if k not in ("derived", "run")}, "")
 
 
 def to_dict(cfg) -> dict:

@@ -132,10 +132,24 @@ def _read_train(root: Path):
     return frame["filename"].to_numpy()[order], folds[order], actors[order], labels[order]
 
 
+def feature_files(root: Path, encoder: str) -> list[Path]:
+    """features/<enc>.npz and/or the shards features/<enc>/*.npz that exist."""
+    files = [p for p in [Path(root) / "features" / f"{encoder}.npz"] if p.is_file()]
+    return files + sorted((Path(root) / "features" / encoder).glob("*.npz"))
+
+
+def input_files(ds: "Dataset") -> dict[str, Path]:
+    """Every file a training run reads, relative name -> path (test_labels.csv is not among them)."""
+    names = ["train_metadata.csv", "test_metadata.csv", "submission_template.json"]
+    files = {n: ds.root / n for n in names if (ds.root / n).is_file()}
+    for enc in ds.encoders:
+        files.update({str(p.relative_to(ds.root)): p for p in feature_files(ds.root, enc)})
+    return files
+
+
 def _read_encoder(root: Path, encoder: str):
     """(keys, X) of one encoder from features/<enc>.npz and/or features/<enc>/*.npz."""
-    files = [p for p in [root / "features" / f"{encoder}.npz"] if p.is_file()]
-    files += sorted((root / "features" / encoder).glob("*.npz"))
+    files = feature_files(root, encoder)
     if not files:
         raise UserError(f"encoder '{encoder}': no file {root / 'features' / (encoder + '.npz')} "
                         f"or {root / 'features' / encoder}/*.npz")
@@ -266,3 +280,27 @@ def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Datase
     return Dataset(name=root.name, root=root, train_files=train_files, test_files=test_files, folds=folds,
                    actors=actors, labels=labels, encoders=names, features=features, present=present,
                    template_keys=template_keys)
+
+
+def load_labels(input_dir: Path) -> Dataset:
+    """Labels, folds, actors and clip lists without the features: reads only the smallest encoder file."""
+    root = Path(input_dir)
+    encoders = available_encoders(root) if root.is_dir() and (root / "features").is_dir() else []
+    size = lambda e: sum(p.stat().st_size for p in feature_files(root, e))
+    return load(root, [min(encoders, key=size)] if encoders else "all", allow_missing=True)
+
+
+def prediction_frame(files, prob: np.ndarray, parts: dict | None = None, encoders=(), folds=None) -> pd.DataFrame:
+    """One row per clip: filename [, fold], prob_<e>, presence_<e>/salience_<e> and gate_<enc> when present."""
+    frame = pd.DataFrame({"filename": files} | ({} if folds is None else {"fold": folds}))
+    for j, e in enumerate(EMOTIONS):
+        frame[f"prob_{e}"] = prob[:, j]
+    parts = parts or {}
+    for part in ("presence", "salience"):
+        if part in parts:
+            for j, e in enumerate(EMOTIONS):
+                frame[f"{part}_{e}"] = parts[part][:, j]
+    if "gate" in parts:
+        for j, enc in enumerate(encoders):
+            frame[f"gate_{enc}"] = parts["gate"][:, j]
+    return frame

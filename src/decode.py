@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.labels import CONFIG_INDEX, EMOTIONS, IS_BLEND, NEUTRAL, PRESENCE_OK, SALIENCE_OK
+from src.labels import CONFIG_INDEX, EMOTIONS, IS_BLEND, NEUTRAL, PRESENCE_OK, SALIENCE, SALIENCE_OK
 from src.metric import score
 
 N_EMO = len(EMOTIONS)
@@ -123,6 +123,11 @@ def cross_fit(parts: dict, true: np.ndarray, folds: np.ndarray, points: int, hea
         pred[inside] = apply_decoder(take(parts, inside), params)
         per_fold.append({"fold": int(k), **params})
     return pred, per_fold, fit_decoder(parts, true, points, head_weights)
+
+
+def nearest(prob: np.ndarray) -> np.ndarray:
+    """The configuration whose salience vector is closest to each probability vector: float [N, 6] -> int [N]."""
+    return np.argmin(((prob[:, None, :] - SALIENCE[None]) ** 2).sum(-1), 1)
 
 
 def fold_scores(pred: np.ndarray, true: np.ndarray, folds: np.ndarray) -> list[dict]:

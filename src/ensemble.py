@@ -1,7 +1,8 @@
 """Ensembles of finished experiments: mean | fitted blend weights | LightGBM stacker, decoded fold-honestly.
 
     python src/ensemble.py MEMBER [MEMBER ...] [--input DIR] [--method lgbm|weights|mean] [--name NAME]
-    MEMBER: an experiment id (exp042) or one sub-run of it (exp010/wavlm, exp041/3)
+    MEMBER: an experiment id (exp042), a variant of it (exp042@smoke, exp042@set-1a2b3c4d, exp042@NAME),
+            or one sub-run (exp010/wavlm, exp041@smoke/3)
 
 Honesty: for outer fold k, every piece the ensemble fits (blend weights, stacker, boosting rounds, thresholds,
 the choice of decoder, the blend share) sees the other folds' rows only, and the OOF score is that of fold-k
@@ -16,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `src` importable
+if __package__ in (None, ""):  # run as a file: make `src` importable, under the repository's .venv
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from src.venv import use_venv
+    use_venv()
 
 import lightgbm as lgb
 import numpy as np
@@ -25,17 +28,17 @@ import pandas as pd
 import yaml
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from src import data as data_mod
 from src import decode, submission
 from src.config import Decoder
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, EXP_DIR, SUBMISSIONS, display_path, resolve
+from src.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve_run, submissions_root
 from src.io import write_csv, write_json, write_text
-from src.labels import EMOTIONS, IS_BLEND, N_CONFIGS, SALIENCE, strip_extension
-from src.metric import score
-from src.score import read_label_file
+from src.labels import EMOTIONS, IS_BLEND, N_CONFIGS, SALIENCE
+from src.metric import score, trim
+from src.runlog import Log
+from src.score import score_test
 
 ENSEMBLES = EXP_DIR / "ensembles"
 METHODS = ("lgbm", "weights", "mean")
@@ -56,20 +59,13 @@ BENCH_MEMBERS = ("exp020", "exp021", "exp030")
 
 
 # ---- members ------------------------------------------------------------------------------------------
-def load_dataset(input_dir: Path) -> data_mod.Dataset:
-    """Labels, folds and clip lists; reads only the smallest encoder file (features are not needed here)."""
-    root = Path(input_dir)
-    encoders = data_mod.available_encoders(root) if root.is_dir() else []
-    size = lambda e: sum(p.stat().st_size for p in [root / "features" / f"{e}.npz", *(root / "features" / e).glob("*.npz")]
-                         if p.is_file())
-    return data_mod.load(root, [min(encoders, key=size)] if encoders else "all", allow_missing=True)
-
-
 def member_folder(spec: str, ds, input_arg) -> Path:
-    """'exp042' -> exp/exp042_<slug>/output/<dataset>; 'exp010/wavlm' -> that experiment's per_*/wavlm."""
-    exp_id, _, sub = spec.partition("/")
-    out = resolve(exp_id) / "output" / ds.name
-    rerun = f"bash run.sh {exp_id}" + (f" --input {input_arg}" if input_arg else "")
+    """'exp042[@variant]' -> its output folder for the dataset; 'exp010[@variant]/wavlm' -> that sub-run's folder."""
+    run, _, sub = spec.partition("/")
+    exp_dir, variant = resolve_run(run)
+    out = output_dir(exp_dir, ds.name, variant)
+    flags = {None: "", "smoke": " --smoke"}.get(variant, f" --name {variant} (with its --set overrides)")
+    rerun = f"bash run.sh {run.split('@')[0]}" + (f" --input {input_arg}" if input_arg else "") + flags
     if not (out / "oof.csv").is_file():
         raise UserError(f"member {spec}: no outputs for dataset '{ds.name}' ({out / 'oof.csv'} missing); run: {rerun}")
     if not sub:
@@ -77,7 +73,7 @@ def member_folder(spec: str, ds, input_arg) -> Path:
     found = [p for p in sorted(out.glob(f"per_*/{sub}")) if (p / "oof.csv").is_file()]
     if not found:
         subs = sorted(p.name for p in out.glob("per_*/*") if (p / "oof.csv").is_file())
-        raise UserError(f"member {spec}: {out.name} outputs of {exp_id} have no sub-run '{sub}' "
+        raise UserError(f"member {spec}: {out.name} outputs of {run} have no sub-run '{sub}' "
                         f"(available: {', '.join(subs) or 'none; it is not a per-encoder experiment'})")
     return found[0]
 
@@ -113,7 +109,7 @@ def load_member(spec: str, ds, input_arg=None) -> dict:
     """{name, folder, oof (frame, dataset train order), test (frame, dataset test order), smoke}."""
     folder = member_folder(spec, ds, input_arg)
     if not (folder / "test.csv").is_file():
-        raise UserError(f"member {spec}: {folder / 'test.csv'} missing; rerun: bash run.sh {spec.split('/')[0]}")
+        raise UserError(f"member {spec}: {folder / 'test.csv'} missing; rerun: bash run.sh {spec.split('/')[0].split('@')[0]}")
     oof = read_frame(folder / "oof.csv", spec, ds.name, np.asarray(ds.train_files, dtype=str), with_fold=True)
     test = read_frame(folder / "test.csv", spec, ds.name, np.asarray(ds.test_files, dtype=str), with_fold=False)
     bad = np.flatnonzero(oof["fold"].to_numpy() != ds.folds)
@@ -358,7 +354,7 @@ def default_name(specs, method: str) -> str:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Ensemble finished experiments into one submission.")
-    p.add_argument("members", nargs="+", help="experiment ids (exp042) or sub-runs (exp010/wavlm)")
+    p.add_argument("members", nargs="+", help="experiment ids (exp042), variants (exp042@smoke) or sub-runs (exp010/wavlm)")
     p.add_argument("--input", type=Path, default=None, help="dataset folder (default: input/synthetic)")
     p.add_argument("--method", choices=METHODS, default="lgbm")
     p.add_argument("--name", default=None, help="submission and output name (default: ens_<members>_<method>)")
@@ -366,20 +362,8 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def trim(m: dict) -> dict:
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
-
-
 def rounded(w) -> list[float]:
     return [round(float(v), 6) for v in w]
-
-
-def frames(ds, res) -> tuple[pd.DataFrame, pd.DataFrame]:
-    oof = pd.DataFrame({"filename": ds.train_files, "fold": ds.folds})
-    test = pd.DataFrame({"filename": ds.test_files})
-    for j, c in enumerate(PROB):
-        oof[c], test[c] = res["oof_prob"][:, j], res["test_prob"][:, j]
-    return oof, test
 
 
 def show(console: Console, name: str, ds, members: list[dict], figures: list[dict], res: dict) -> None:
@@ -409,17 +393,10 @@ def main(argv=None) -> Path:
     started = time.time()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     name = args.name or default_name(args.members, args.method)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", name):
-        raise UserError(f"--name '{name}': use letters, digits and . _ + = - only")
-    console = Console(quiet=args.quiet, highlight=False)
-    lines = []
-
-    def log(msg: str, file_only: bool = False) -> None:
-        if not file_only:
-            console.print(msg)
-        lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {Text.from_markup(msg).plain}")
-
-    ds = load_dataset(args.input or DEFAULT_INPUT)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*", name):  # '@' from variant members
+        raise UserError(f"--name '{name}': use letters, digits and . _ + = - @ only")
+    log = Log(None, quiet=args.quiet)  # lines written to log.txt at the end, with the other outputs
+    ds = data_mod.load_labels(args.input or DEFAULT_INPUT)
     members = load_members(args.members, ds, args.input)
     log(f"[bold]{name}[/bold]: {args.method} over {', '.join(m['name'] for m in members)} on {ds.name} "
         f"({ds.n_train} OOF clips in {len(ds.fold_ids)} folds, {len(ds.test_files)} test clips)")
@@ -429,22 +406,18 @@ def main(argv=None) -> Path:
     res["method"] = args.method
     figures = [member_figures(m, ds) for m in members]
 
-    out = ENSEMBLES / name / "output" / ds.name
+    out = output_dir(ENSEMBLES / name, ds.name)
     # the submission first: it validates before writing anything
-    paths = submission.write(SUBMISSIONS / ds.name, name, ds.test_files, res["test_pred"], ds.test_files, ds.template_keys)
-    oof_frame, test_frame = frames(ds, res)
-    write_csv(out / "oof.csv", oof_frame)
-    write_csv(out / "test.csv", test_frame)
-    labels_path = ds.root / "test_labels.csv"
-    if labels_path.is_file():  # only now, after test.csv and the submission are written
-        truth = read_label_file(labels_path)
-        keys = [strip_extension(f) for f in ds.test_files]
-        if missing := [k for k in keys if k not in truth]:
-            raise UserError(f"{labels_path}: {len(missing)} test clips have no label (e.g. {missing[0]})")
-        true = np.array([truth[k] for k in keys])
-        res["test"] = trim(score(res["test_pred"], true))
-        for f in figures:
-            f["test"] = trim(score(f["_test_pred"], true))
+    paths = submission.write(submissions_root() / ds.name, name, ds.test_files, res["test_pred"], ds.test_files,
+                             ds.template_keys)
+    write_csv(out / "oof.csv", data_mod.prediction_frame(ds.train_files, res["oof_prob"], folds=ds.folds))
+    write_csv(out / "test.csv", data_mod.prediction_frame(ds.test_files, res["test_prob"]))
+    # only now, after test.csv and the submission are written
+    tested = score_test(ds.root, ds.test_files, [res["test_pred"]] + [f["_test_pred"] for f in figures])
+    if tested is not None:
+        res["test"] = tested[0]
+        for f, t in zip(figures, tested[1:]):
+            f["test"] = t
     metrics = {"oof": res["oof"], "folds": res["folds"], "decoder": res["decoder"], **({"test": res["test"]} if "test" in res else {}),
                "members": [{"name": m["name"], "path": display_path(m["folder"]), "smoke": m["smoke"],
                             **{k: f[k] for k in ("oof", "test") if k in f}} for m, f in zip(members, figures)],
@@ -456,19 +429,19 @@ def main(argv=None) -> Path:
                 "decoder_grid": GRID, **({"stacker": {**STACKER, "max_rounds": MAX_ROUNDS, "early_stopping": EARLY_STOP}}
                                          if args.method == "lgbm" else {}), "command": " ".join(sys.argv)}
     write_text(out / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    show(console, name, ds, members, figures, res)
+    show(log.console, name, ds, members, figures, res)
     for label, f in [(m["name"], f) for m, f in zip(members, figures)] + [(f"{args.method} ensemble", res)]:
         log(f"{label}: OOF {f['oof']['score']:.4f}" + (f", test {f['test']['score']:.4f}" if "test" in f else ""), file_only=True)
     log(describe_decoder(res["decoder"]))
     log(f"weights: {res['weights']}" + (" (share of stacker split gain)" if args.method == "lgbm" else ""))
     log(f"wrote {display_path(out)} and {display_path(paths['json'])} in {time.time() - started:.1f}s")
-    write_text(out / "log.txt", "\n".join(lines) + "\n")
+    write_text(out / "log.txt", "\n".join(log.lines) + "\n")
     return out
 
 
 def run_benchmark(members=BENCH_MEMBERS, input_dir: Path = DEFAULT_INPUT) -> dict:
     """Time the lgbm ensemble of three members on the default dataset (fitting only, nothing written)."""
-    ds = load_dataset(input_dir)
+    ds = data_mod.load_labels(input_dir)
     loaded = load_members(members, ds)
     started = time.time()
     res = build(loaded, ds, "lgbm")

@@ -1,6 +1,16 @@
-"""Experiment ids -> folders, and `python -m src.experiments exp042 [args]` which runs the folder's run.py."""
+"""Experiment ids -> folders, where outputs and submissions live, and `python -m src.experiments exp042 [args]`.
+
+Output layout (README, "Variants"): the committed config writes `exp/<id>/output/<dataset>/`; a variant
+(`--smoke`, a set of `--set` overrides, or `--name NAME`) writes `exp/<id>/output/<dataset>@<variant>/`;
+submissions are `submissions/<dataset>/<exp folder>[@variant].csv|json|zip`. The environment variables
+BLEMORE_OUTPUT_ROOT (a folder mirroring exp/) and BLEMORE_SUBMISSIONS move both roots (tests, benchmarks).
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -12,6 +22,54 @@ EXP_DIR = ROOT / "exp"
 # Where every command looks by default, and where submissions go: defined once here.
 DEFAULT_INPUT = ROOT / "input" / "synthetic"
 SUBMISSIONS = ROOT / "submissions"
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+
+
+def output_root() -> Path:
+    """The folder that mirrors exp/ for outputs: exp/ itself unless BLEMORE_OUTPUT_ROOT is set."""
+    return Path(os.environ["BLEMORE_OUTPUT_ROOT"]) if os.environ.get("BLEMORE_OUTPUT_ROOT") else EXP_DIR
+
+
+def submissions_root() -> Path:
+    return Path(os.environ["BLEMORE_SUBMISSIONS"]) if os.environ.get("BLEMORE_SUBMISSIONS") else SUBMISSIONS
+
+
+def cache_dir() -> Path:
+    """Small caches (file hashes): .cache/ of the repository, or of the output root when that is moved."""
+    return (output_root() if os.environ.get("BLEMORE_OUTPUT_ROOT") else ROOT) / ".cache"
+
+
+def outputs_of(folder: Path) -> Path:
+    """exp/<id>/ or exp/ensembles/<name>/ -> its output/ folder under the output root."""
+    folder = Path(folder).resolve()
+    rel = folder.relative_to(EXP_DIR) if folder.is_relative_to(EXP_DIR) else Path(folder.name)
+    return output_root() / rel / "output"
+
+
+def run_name(folder: Path, variant: str | None) -> str:
+    """'exp042_rank_topn_coral' or 'exp042_rank_topn_coral@smoke': output folder suffix and submission name."""
+    return Path(folder).name + (f"@{variant}" if variant else "")
+
+
+def output_dir(folder: Path, dataset: str, variant: str | None = None) -> Path:
+    return outputs_of(folder) / (dataset + (f"@{variant}" if variant else ""))
+
+
+def variant_name(smoke: bool, sets, name: str | None = None) -> str | None:
+    """None for the committed config; `name`; else 'smoke', 'set-<hash>' or 'smoke-set-<hash>'.
+
+    The hash is over the parsed overrides with sorted keys, so the order of --set flags does not matter.
+    """
+    if name:
+        if not VARIANT_NAME.fullmatch(name):
+            raise UserError(f"--name '{name}': use letters, digits and . _ + = - only")
+        return name
+    from src.config import parse_set
+    parts = ["smoke"] if smoke else []
+    if sets:
+        digest = hashlib.sha256(json.dumps(parse_set(list(sets)), sort_keys=True).encode()).hexdigest()[:8]
+        parts.append(f"set-{digest}")
+    return "-".join(parts) or None
 
 
 def display_path(path: Path) -> str:
@@ -34,6 +92,14 @@ def resolve(exp_id: str) -> Path:
         what = "no experiment" if not matches else f"{len(matches)} experiments"
         raise UserError(f"'{exp_id}' matches {what}; candidates: {names}")
     return matches[0]
+
+
+def resolve_run(spec: str) -> tuple[Path, str | None]:
+    """'exp042' -> (folder, None); 'exp042@smoke' -> (folder, 'smoke'): an experiment and one of its variants."""
+    exp_id, _, variant = str(spec).partition("@")
+    if variant and not VARIANT_NAME.fullmatch(variant):
+        raise UserError(f"'{spec}': variant '{variant}' is not a valid name")
+    return resolve(exp_id), variant or None
 
 
 @cli

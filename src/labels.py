@@ -12,7 +12,8 @@ NEUTRAL = EMOTIONS.index("neu")
 BLEND_EMOTIONS = EMOTIONS[:5]  # neutral never appears in a blend
 # (salience of the first-named emotion, salience of the second) as the official file names write them
 BLEND_RATIOS = ((50, 50), (70, 30), (30, 70))
-CLIP_EXTENSIONS = (".mov", ".mp4", ".avi", ".npy", ".wav")
+VIDEO_EXTENSIONS = (".mov", ".mp4", ".avi", ".mkv", ".webm")  # raw clips the extractors read
+CLIP_EXTENSIONS = VIDEO_EXTENSIONS + (".npy", ".wav")  # stripped from file names to join clips across files
 
 
 def _build_configs():

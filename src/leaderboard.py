@@ -1,7 +1,8 @@
-"""A local leaderboard of every experiment and ensemble with outputs for one dataset, best OOF score first.
+"""A local leaderboard of every experiment, variant and ensemble with outputs for one dataset, best OOF first.
 
-    python src/leaderboard.py [--input DIR] [--markdown] [--per-seed] [--experiments-only]
+    python src/leaderboard.py [--input DIR] [--markdown] [--per-seed] [--experiments-only] [--smoke]
 Rich table on the console; --markdown prints the table that README's results section is generated from.
+Each variant (exp042@name) is its own row; smoke runs (and ensembles of them) only with --smoke.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import math
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `src` importable
+if __package__ in (None, ""):  # run as a file: make `src` importable, under the repository's .venv
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from src.venv import use_venv
+    use_venv()
 
 import numpy as np
 import pandas as pd
@@ -20,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, EXP_DIR, ROOT
+from src.experiments import DEFAULT_INPUT, output_root
 
 FIGURES = ("acc_presence", "acc_salience", "score")
 
@@ -33,10 +36,17 @@ def spread(values: list[float]) -> tuple[float, float]:
 
 
 def metrics_files(dataset: str) -> list[tuple[str, str, Path]]:
-    """(name, kind, metrics.json) of every experiment and ensemble with outputs for the dataset."""
-    found = [(p.parents[2].name, "experiment", p) for p in EXP_DIR.glob(f"exp[0-9]*/output/{dataset}/metrics.json")]
-    found += [(f"ensembles/{p.parents[2].name}", "ensemble", p)
-              for p in EXP_DIR.glob(f"ensembles/*/output/{dataset}/metrics.json")]
+    """(name, kind, metrics.json) of every experiment variant and ensemble with outputs for the dataset.
+
+    Names: exp042_<slug> (committed config), exp042_<slug>@<variant>, ensembles/<name>.
+    """
+    root, found = output_root(), []
+    for pattern, kind, prefix in (("exp[0-9]*/output/{}/metrics.json", "experiment", ""),
+                                  ("ensembles/*/output/{}/metrics.json", "ensemble", "ensembles/")):
+        for folder in (dataset, f"{dataset}@*"):
+            for p in root.glob(pattern.format(folder)):
+                variant = p.parent.name[len(dataset):]  # "" or "@<variant>"
+                found.append((prefix + p.parents[2].name + variant, kind, p))
     return sorted(found)
 
 
@@ -53,17 +63,19 @@ def row(name: str, kind: str, m: dict) -> dict:
     folds = [f["score"] for f in m.get("folds", [])]
     out["oof_score_fold_mean"], out["oof_score_fold_std"] = spread(folds)
     out["n_folds"] = len(folds)
-    out["runtime_s"] = m.get("runtime_s", math.nan)
+    out["runtime_s"] = m.get("runtime_s", math.nan)  # summed over invocations
+    out["resumes"] = int(m.get("resumes", 0))
     out["smoke"] = bool(m.get("smoke", False))
     return out
 
 
-def collect(input_dir: Path) -> pd.DataFrame:
+def collect(input_dir: Path, smoke: bool = False) -> pd.DataFrame:
     """One row per experiment/ensemble with outputs for the dataset named by input_dir, best OOF score first.
 
     Columns: name, kind, oof_/test_ acc_presence, acc_salience, score (seed-averaged predictions),
     <part>_<figure>_seed_mean/_std and <part>_n_seeds (each seed decoded on its own), oof_score_fold_mean/_std, n_folds,
-    runtime_s, smoke. Test columns are NaN when the dataset has no test labels.
+    runtime_s (summed over invocations), resumes, smoke. Test columns are NaN when the dataset has no test
+    labels. Smoke runs are left out unless `smoke`.
     """
     dataset = Path(input_dir).name
     rows = []
@@ -72,9 +84,12 @@ def collect(input_dir: Path) -> pd.DataFrame:
             rows.append(row(name, kind, json.loads(path.read_text())))
         except (ValueError, AttributeError, KeyError, TypeError) as err:
             raise UserError(f"{path}: unreadable metrics ({type(err).__name__}: {err})") from None
+    n_smoke = sum(r["smoke"] for r in rows)
+    rows = [r for r in rows if smoke or not r["smoke"]]
     if not rows:
+        hint = f" ({n_smoke} smoke runs left out; add --smoke to list them)" if n_smoke else ""
         raise UserError(f"no experiment or ensemble has outputs for dataset '{dataset}' "
-                        f"(exp/*/output/{dataset}/metrics.json); run one first, "
+                        f"(exp/*/output/{dataset}[@variant]/metrics.json){hint}; run one first, "
                         f"e.g. bash run.sh exp040 --input {input_dir}")
     frame = pd.DataFrame(rows)
     return frame.sort_values(["oof_score", "name"], ascending=[False, True], ignore_index=True)
@@ -88,10 +103,12 @@ def fmt_spread(mean: float, std: float, n: int) -> str:
     return "–" if not n else f"{fmt(mean)} ± {fmt(std)} ({n})"
 
 
-def fmt_runtime(seconds: float) -> str:
+def fmt_runtime(seconds: float, resumes: int = 0) -> str:
+    """Run time summed over invocations, with the number of resumes when there were any."""
     if math.isnan(seconds):
         return "–"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    text = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    return text + (f" ({resumes} resume{'s' if resumes > 1 else ''})" if resumes else "")
 
 
 def per_seed_rows(df: pd.DataFrame, with_test: bool) -> tuple[list[str], list[list[str]]]:
@@ -104,7 +121,7 @@ def per_seed_rows(df: pd.DataFrame, with_test: bool) -> tuple[list[str], list[li
         r = r._asdict()
         cells = [str(i), r["name"]] + [f"{fmt(r[f'{p}_{k}_seed_mean'], 3)} ± {fmt(r[f'{p}_{k}_seed_std'], 3)}"
                                        if r[f"{p}_n_seeds"] else "–" for p in parts for k in FIGURES]
-        rows.append(cells + [str(r["oof_n_seeds"]), fmt_runtime(r["runtime_s"]), "smoke" if r["smoke"] else ""])
+        rows.append(cells + [str(r["oof_n_seeds"]), fmt_runtime(r["runtime_s"], r["resumes"]), "smoke" if r["smoke"] else ""])
     return header, rows
 
 
@@ -126,12 +143,13 @@ def display_rows(df: pd.DataFrame, per_seed: bool = False) -> tuple[list[str], l
         if with_test:
             cells += [fmt(r.test_acc_presence), fmt(r.test_acc_salience), fmt(r.test_score),
                       fmt_spread(r.test_score_seed_mean, r.test_score_seed_std, r.test_n_seeds)]
-        cells += [fmt_runtime(r.runtime_s), "smoke" if r.smoke else ""]
+        cells += [fmt_runtime(r.runtime_s, r.resumes), "smoke" if r.smoke else ""]
         rows.append(cells)
     return header, rows
 
 
-NOTE = ("OOF: out-of-fold, decoder thresholds refitted per fold on the other folds. Score columns without ± are "
+NOTE = ("OOF: out-of-fold, decoder thresholds (and, for exp000/exp010/exp041, the sub-run) chosen per fold on the "
+        "other folds. Run time: summed over invocations. Score columns without ± are "
         "the seed-averaged predictions; ± columns are mean ± std (count) over seeds, each decoded on its own, "
         "or over folds.")
 
@@ -170,8 +188,9 @@ def main(argv=None):
     p.add_argument("--per-seed", action="store_true",
                    help="every figure as mean ± std over seeds (the README's results table)")
     p.add_argument("--experiments-only", action="store_true", help="leave out ensembles")
+    p.add_argument("--smoke", "--all", dest="smoke", action="store_true", help="also list smoke runs")
     args = p.parse_args(argv)
-    df = collect(args.input)
+    df = collect(args.input, args.smoke)
     if args.experiments_only:
         df = df[df["kind"] == "experiment"].reset_index(drop=True)
     if args.markdown:

@@ -24,3 +24,8 @@ def contributions(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """
     n, n_blend = len(true), max(int(IS_BLEND[true].sum()), 1)
     return 0.5 * PRESENCE_OK[pred, true] / n + 0.5 * SALIENCE_OK[pred, true] / n_blend
+
+
+def trim(m: dict) -> dict:
+    """Scores rounded to 6 decimals, as written to metrics.json."""
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}

@@ -1,72 +1,60 @@
-"""The one data path: input -> folds -> model -> OOF -> decode -> submission. Every exp/*/run.py calls `run`.
+"""The one data path as stages, each ending in files. Every exp/*/run.py calls `run`.
 
-    bash run.sh exp042 [--input DIR] [--smoke] [--force] [--set key.path=value ...]
+    bash run.sh exp042 [--input DIR] [--smoke] [--set key.path=value ...] [--name NAME] [--force]
+
+    prepare      config, dataset, variant folder, fingerprint                 (nothing written or removed)
+    train_folds  input -> folds -> model: runs/<fp>/folds/<sub>/fold<k>_seed<s>.npz and models/<sub>/*.pt
+    gather       fold files -> per sub-run and seed: OOF parts [N_train], test parts [N_test]
+    decode_all   -> OOF (honest decoding; nested choice among sub-runs) and test predictions
+    write_run    oof.csv, test.csv, per_<group>/, the submission, then test scores, metrics.json
+
+A variant (README, "Variants") owns its folder: finished folds are reused while the fingerprint (resolved
+config, code, input data) is unchanged; otherwise training starts fresh in runs/<new fp>/ and the previous
+results stay in place until the new run has finished.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
 from src import checks
 from src import config as config_mod
 from src import data as data_mod
-from src import decode, submission, synth
+from src import decode, fingerprint, submission, synth
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, ROOT, SUBMISSIONS, display_path
+from src.experiments import (DEFAULT_INPUT, ROOT, display_path, output_dir, run_name, submissions_root,
+                             variant_name)
 from src.io import WriteError, atomic_write, write_csv, write_json, write_npz, write_text
-from src.labels import EMOTIONS, SALIENCE
-from src.metric import score
-from src.score import read_label_file
+from src.metric import score, trim
+from src.models import SubRun, n_seeds, sub_runs
+from src.runlog import Log
+from src.score import score_test
 from src.train import configure_torch, fit_fold, pick_device
-
-
-
-class Log:
-    """Console (rich) plus timestamped lines appended to log.txt."""
-
-    def __init__(self, path: Path | None, quiet: bool = False):
-        self.console = Console(stderr=False, quiet=quiet, highlight=False)
-        self.path = path
-
-    def __call__(self, msg: str) -> None:
-        self.console.print(msg)
-        if self.path is not None:
-            with open(self.path, "a") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {Text.from_markup(msg).plain}\n")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Run an experiment on a dataset folder.")
     p.add_argument("--input", type=Path, default=None, help="dataset folder (default: input/synthetic)")
-    p.add_argument("--smoke", action="store_true", help="same pipeline, tiny budget (2 epochs, 1 seed)")
-    p.add_argument("--force", action="store_true", help="retrain from scratch even if folds are finished")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--smoke", action="store_true", help="same pipeline, tiny budget (2 epochs, 1 seed); variant @smoke")
+    p.add_argument("--force", action="store_true", help="retrain this variant's folds even if they are finished")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value; each distinct set of overrides is its own variant (@set-<hash>)")
+    p.add_argument("--name", default=None, help="variant name instead of the automatic one (@NAME)")
     p.add_argument("--quiet", action="store_true", help="no console output (log.txt still written)")
     return p.parse_args(argv)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def check_compatible(cfg, ds) -> None:
@@ -85,264 +73,289 @@ def check_compatible(cfg, ds) -> None:
         raise UserError(f"{ds.root / 'train_metadata.csv'}: needs at least 2 folds, found {ds.fold_ids}")
 
 
-def sub_runs(cfg, ds) -> tuple[str | None, list[tuple[str, list[str], str | None, object]]]:
-    """(group name, [(sub name, encoders, prior kind, config)]): what one experiment trains."""
-    m = cfg.model
-    if m.name == "prior":
-        return "per_baseline", [(k, [], k, cfg) for k in m.priors]
-    if m.name == "mlp" and m.inputs in ("per_encoder", "late_mean"):
-        return "per_encoder", [(e, [e], None, cfg) for e in ds.encoders]
-    if m.name == "fusion" and m.sweep_top_n:
-        return "per_top_n", [(str(n), ds.encoders, None, replace(cfg, model=replace(m, top_n=n)))
-                             for n in range(1, len(ds.encoders) + 1)]
-    return None, [("", ds.encoders, None, cfg)]
+def git_commit() -> str:
+    """The checkout's commit, for the record; the fingerprint's code hashes are what decide a resume."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
-class Runner:
-    def __init__(self, exp_dir: Path, argv=None):
-        self.started = time.time()
-        self.args = parse_args(argv)
-        self.exp_dir = Path(exp_dir).resolve()
-        self.exp_name = self.exp_dir.name
-        self.cfg = config_mod.load(self.exp_dir, self.args.sets, self.args.smoke)
-        input_dir = self.args.input or DEFAULT_INPUT
-        if self.args.input is None and not input_dir.exists():
-            Console().print(f"generating the default synthetic dataset in {input_dir}")
-            synth.write(input_dir, seed=0)
-        self.ds = data_mod.load(input_dir, self.cfg.data.encoders, self.cfg.data.allow_missing)
-        check_compatible(self.cfg, self.ds)
-        self.out = self.exp_dir / "output" / self.ds.name
-        checks.preflight(self.cfg, self.ds, [self.out, SUBMISSIONS / self.ds.name])  # before anything trains
-        self.device = pick_device(self.cfg.train.device)
+# ---- stage 0: what this run is -------------------------------------------------------------------------
+@dataclass
+class Plan:
+    exp_dir: Path
+    cfg: object
+    ds: data_mod.Dataset
+    variant: str | None
+    out: Path            # the variant's folder: results of its last finished run
+    record: dict         # fingerprint.compute(): config, code, data, fingerprint
+    device: torch.device
+    args: argparse.Namespace
 
-    def resolved(self) -> dict:
-        cfg = config_mod.to_dict(self.cfg)
-        ds = self.ds
-        cfg["derived"] = {
-            "experiment": self.exp_name, "dataset": ds.name, "input_dir": str(ds.root.resolve()),
-            "n_folds": len(ds.fold_ids), "folds": ds.fold_ids, "n_train": ds.n_train, "n_test": len(ds.test_files),
-            "encoders": ds.encoders, "widths": {e: int(ds.features[e].shape[1]) for e in ds.encoders},
-            "fold_seeds": {f"seed{s}": [self.cfg.seed + 100 * s + k for k in ds.fold_ids]
-                           for s in range(self.cfg.train.seeds)},
-        }
-        return cfg
+    @property
+    def run_dir(self) -> Path:
+        """Fold cache and checkpoints of this fingerprint."""
+        return self.out / "runs" / self.record["fingerprint"]
 
-    def prepare_output(self) -> bool:
-        """Resume when the resolved config is unchanged, otherwise start clean; returns True when resuming."""
-        resolved = self.resolved()
-        fingerprint = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
-        path = self.out / "config.resolved.yaml"
-        old = yaml.safe_load(path.read_text()) if path.is_file() else None
-        resume = bool(old) and old.get("run", {}).get("fingerprint") == fingerprint and not self.args.force
-        if self.out.exists() and not resume:
-            shutil.rmtree(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        resolved["run"] = {"fingerprint": fingerprint, "git_commit": git_commit(), "overrides": self.args.sets,
-                           "smoke": self.args.smoke, "device": str(self.device), "command": " ".join(sys.argv)}
-        write_text(path, config_mod.dump(resolved))
-        return resume
+    @property
+    def name(self) -> str:
+        return run_name(self.exp_dir, self.variant)
 
-    # ---- training ------------------------------------------------------------------------------------
-    def train_sub(self, sub: str, encoders: list[str], prior, cfg, progress, task) -> list[tuple[dict, dict]]:
-        """Every fold x seed of one sub-run (cached on disk) -> per seed (OOF parts [N_train], test parts)."""
-        ds = self.ds
-        cache = self.out / "folds" / sub
-        per_seed = []
-        for s in range(cfg.train.seeds if prior is None else 1):
-            oof, test = {}, {}
-            for k in ds.fold_ids:
-                path = cache / f"fold{k}_seed{s}.npz"
+
+def resolved_config(cfg, ds, exp_dir: Path, variant) -> dict:
+    """The config with derived values (folds, widths, seeds): what the fingerprint and config.resolved.yaml hold."""
+    out = config_mod.to_dict(cfg)
+    out["derived"] = {
+        "experiment": Path(exp_dir).name, "variant": variant, "dataset": ds.name, "input_dir": str(ds.root.resolve()),
+        "n_folds": len(ds.fold_ids), "folds": ds.fold_ids, "n_train": ds.n_train, "n_test": len(ds.test_files),
+        "encoders": ds.encoders, "widths": {e: int(ds.features[e].shape[1]) for e in ds.encoders},
+        "fold_seeds": {f"seed{s}": [cfg.seed + 100 * s + k for k in ds.fold_ids] for s in range(cfg.train.seeds)},
+    }
+    return out
+
+
+def prepare(exp_dir: Path, args) -> Plan:
+    """Everything validated and loaded before any file is touched: a bad value fails here, not mid-run."""
+    exp_dir = Path(exp_dir).resolve()
+    cfg = config_mod.load(exp_dir, args.sets, args.smoke)
+    variant = variant_name(args.smoke, args.sets, args.name)
+    input_dir = args.input or DEFAULT_INPUT
+    if args.input is None and not input_dir.exists():
+        print(f"generating the default synthetic dataset in {input_dir}")
+        synth.write(input_dir, seed=0)
+    ds = data_mod.load(input_dir, cfg.data.encoders, cfg.data.allow_missing)
+    check_compatible(cfg, ds)
+    device = pick_device(cfg.train.device)
+    record = fingerprint.compute(resolved_config(cfg, ds, exp_dir, variant), exp_dir, data_mod.input_files(ds))
+    out = output_dir(exp_dir, ds.name, variant)
+    checks.preflight(cfg, ds, [out, submissions_root() / ds.name])  # before anything trains
+    return Plan(exp_dir, cfg, ds, variant, out, record, device, args)
+
+
+def previous_record(out: Path) -> dict | None:
+    """The fingerprint record of the variant's current results, else of its newest earlier attempt."""
+    try:
+        fp = yaml.safe_load((out / "config.resolved.yaml").read_text())["run"]["fingerprint"]
+        return json.loads((out / "runs" / fp / "fingerprint.json").read_text())
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        pass
+    found = sorted((out / "runs").glob("*/fingerprint.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(found[-1].read_text()) if found else None
+
+
+class Clock:
+    """Run time summed over invocations of one fingerprint (runs/<fp>/runtime.json), saved after each fold."""
+
+    def __init__(self, path: Path, reset: bool):
+        self.path, self.started = path, time.time()
+        old = {} if reset or not path.is_file() else json.loads(path.read_text())
+        self.base, self.invocations = old.get("runtime_s", 0.0), old.get("invocations", 0) + 1
+
+    def save(self) -> dict:
+        rec = {"runtime_s": round(self.base + time.time() - self.started, 1), "invocations": self.invocations}
+        write_json(self.path, rec)
+        return rec
+
+
+# ---- stage 1: input -> folds -> model -------------------------------------------------------------------
+def fold_path(plan: Plan, sub: SubRun, k: int, s: int, kind: str = "folds") -> Path:
+    name = f"fold{k}_seed{s}" + (".npz" if kind == "folds" else ".pt")
+    return plan.run_dir / kind / sub.name / name
+
+
+def write_fold(path: Path, valid: dict, test: dict, meta: dict, projections=None) -> None:
+    """One fold x seed: valid and test parts, plus a JSON record (history, fixed encoders, seconds)."""
+    arrays = {f"valid.{k}": v for k, v in valid.items()} | {f"test.{k}": v for k, v in test.items()}
+    if projections is not None:
+        arrays["projections"] = projections
+    write_npz(path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def read_fold(path: Path) -> tuple[dict, dict, dict]:
+    """(valid parts, test parts, meta) of one fold file written by write_fold."""
+    with np.load(path) as z:
+        parts = {"valid": {}, "test": {}}
+        for key in z.files:
+            kind, _, part = key.partition(".")
+            if kind in parts:
+                parts[kind][part] = z[key]
+        return parts["valid"], parts["test"], json.loads(str(z["meta"]))
+
+
+def train_folds(plan: Plan, log: Log, clock: Clock) -> None:
+    """Train every sub-run x seed x fold whose file is missing (all of them with --force)."""
+    cfg, ds = plan.cfg, plan.ds
+    _, _, subs = sub_runs(cfg, ds.encoders)
+    todo = [(sub, s, k) for sub in subs for s in range(n_seeds(cfg, sub)) for k in ds.fold_ids]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=log.console, transient=True) as progress:
+        task = progress.add_task("folds x seeds", total=len(todo))
+        for sub, s, k in todo:
+            path = fold_path(plan, sub, k, s)
+            if plan.args.force or not path.is_file():
+                t0 = time.time()
                 train_rows, valid_rows = ds.split(k)
-                if not path.is_file():
-                    t0 = time.time()
-                    valid, tst, state, extras = fit_fold(ds, cfg, encoders, train_rows, valid_rows,
-                                                         cfg.seed + 100 * s + k, self.device, prior)
-                    checks.check_predictions({**valid, **tst},  # NaN must stop the run, not reach a submission
-                                             f"{sub or 'model'} ({', '.join(encoders) or prior}) fold {k} seed {s}")
-                    if state is not None:
-                        atomic_write(self.out / "models" / sub / f"fold{k}_seed{s}.pt",
-                                     lambda p, st=state: torch.save(st, p))
-                    arrays = {f"valid_{n}": v for n, v in valid.items()} | {f"test_{n}": v for n, v in tst.items()}
-                    if "projections" in extras and s == 0:
-                        arrays["valid_projections"] = extras["projections"]
-                    write_npz(path, **arrays)
-                    note = f" fixed encoders {extras['fixed_encoders']}" if "fixed_encoders" in extras else ""
-                    self.log(f"{sub or 'model'} fold {k} seed {s}: trained in {time.time() - t0:.1f}s{note}")
-                with np.load(path) as z:
-                    for name in z.files:
-                        kind, part = name.split("_", 1)
-                        if kind == "valid" and part != "projections":
-                            oof.setdefault(part, np.zeros((ds.n_train,) + z[name].shape[1:], np.float32))[valid_rows] = z[name]
-                        elif kind == "test":
-                            test.setdefault(part, []).append(z[name])
-                progress.advance(task)
-            per_seed.append((oof, {p: np.mean(v, 0) for p, v in test.items()}))
-        return per_seed
+                valid, test, state, extras = fit_fold(ds, sub.cfg, sub.encoders, train_rows, valid_rows,
+                                                      cfg.seed + 100 * s + k, plan.device, sub.prior)
+                label = f"{sub.name or 'model'} fold {k} seed {s}"
+                checks.check_predictions({**valid, **test},  # NaN must stop the run, not reach a submission
+                                         f"{label} ({', '.join(sub.encoders) or sub.prior})")
+                ckpt = {key: extras[key] for key in ("mean", "std", "widths", "generator_state", "prior_config")
+                        if key in extras} | ({"state_dict": state} if state is not None else {})
+                atomic_write(fold_path(plan, sub, k, s, "models"), lambda p: torch.save(ckpt, p))
+                meta = {"seconds": round(time.time() - t0, 1), "history": extras.get("history"),
+                        "fixed_encoders": extras.get("fixed_encoders")}
+                write_fold(path, valid, test, meta, extras.get("projections") if s == 0 else None)
+                for e, loss in enumerate((extras.get("history") or {}).get("train_loss", []), start=1):
+                    inner = extras["history"].get("inner_loss", [])
+                    log(f"{label} epoch {e}: train loss {loss:.4f}"
+                        + (f", inner-split loss {inner[e - 1]:.4f}" if e <= len(inner) else ""), file_only=True)
+                note = f" fixed encoders {extras['fixed_encoders']}" if "fixed_encoders" in extras else ""
+                log(f"{label}: trained in {meta['seconds']:.1f}s{note}")
+                clock.save()
+            progress.advance(task)
 
-    def collect_projections(self, subs) -> None:
-        """OOF projected encoder embeddings of seed 0, [N_train, E, shared_dim] float16, for CKA analysis."""
-        name = subs[0][0] if len(subs) == 1 else None
-        if name is None or self.cfg.model.name != "fusion":
-            return
-        proj = None
-        for k in self.ds.fold_ids:
-            with np.load(self.out / "folds" / name / f"fold{k}_seed0.npz") as z:
-                block = z["valid_projections"]
-            if proj is None:
-                proj = np.zeros((self.ds.n_train,) + block.shape[1:], np.float16)
-            proj[self.ds.split(k)[1]] = block
-        write_npz(self.out / "projections.npz", projections=proj, encoders=np.array(self.ds.encoders),
-                  filenames=self.ds.train_files.astype(str))
 
-    # ---- decoding and scoring ------------------------------------------------------------------------
-    def decode(self, oof: dict, test: dict):
-        """Honest OOF predictions, test predictions, decoder record, probabilities used."""
-        ds, dc = self.ds, self.cfg.decoder
-        if dc.name == "nearest":
-            params = {"name": "nearest"}
-            oof_pred, test_pred = nearest(oof["prob"]), nearest(test["prob"])
-            insample = oof_pred
-        else:
-            oof_pred, per_fold, params = decode.cross_fit(oof, ds.labels, ds.folds, dc.grid, dc.head_weights)
-            params = {"name": "threshold", **params, "per_fold": per_fold}
-            test_pred = decode.apply_decoder(test, params)
-            insample = decode.apply_decoder(oof, params)
-        weight = params.get("head_weight")
-        return oof_pred, test_pred, params, insample, decode.probabilities(oof, weight), decode.probabilities(test, weight)
+# ---- stage 2: fold files -> OOF and test parts ------------------------------------------------------------
+def mean_parts(parts: list[dict]) -> dict:
+    """Element-wise mean of dicts of arrays (over folds for test parts, over seeds, over late-fusion members)."""
+    return {p: np.mean([d[p] for d in parts], 0) for p in parts[0]}
 
-    def evaluate(self, per_seed) -> dict:
-        """Seed-averaged parts -> predictions, frames, metrics (without test scores)."""
-        ds = self.ds
-        oof = {p: np.mean([s[0][p] for s in per_seed], 0) for p in per_seed[0][0]}
-        test = {p: np.mean([s[1][p] for s in per_seed], 0) for p in per_seed[0][1]}
-        oof_pred, test_pred, params, insample, oof_prob, test_prob = self.decode(oof, test)
-        seeds = []
-        for i, (o, t) in enumerate(per_seed):
-            s_oof, s_test, *_ = self.decode(o, t)
-            seeds.append({"seed": i, "oof": trim(score(s_oof, ds.labels)), "_test_pred": s_test})
-        metrics = {"oof": trim(score(oof_pred, ds.labels)),
-                   "oof_thresholds_in_sample": trim(score(insample, ds.labels)),
-                   "folds": decode.fold_scores(oof_pred, ds.labels, ds.folds),
-                   "decoder": params, "seeds": seeds}
-        return {"oof": oof, "test": test, "oof_pred": oof_pred, "test_pred": test_pred,
-                "oof_prob": oof_prob, "test_prob": test_prob, "metrics": metrics}
 
-    def frames(self, res: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-        ds = self.ds
-        oof = pd.DataFrame({"filename": ds.train_files, "fold": ds.folds})
-        test = pd.DataFrame({"filename": ds.test_files})
-        for frame, prob, parts in ((oof, res["oof_prob"], res["oof"]), (test, res["test_prob"], res["test"])):
-            for j, e in enumerate(EMOTIONS):
-                frame[f"prob_{e}"] = prob[:, j]
-            for part in ("presence", "salience"):
-                if part in parts:
-                    for j, e in enumerate(EMOTIONS):
-                        frame[f"{part}_{e}"] = parts[part][:, j]
-            if "gate" in parts:
-                for j, enc in enumerate(ds.encoders):
-                    frame[f"gate_{enc}"] = parts["gate"][:, j]
-        return oof, test
+def gather(plan: Plan, sub: SubRun) -> tuple[list[tuple[dict, dict]], dict]:
+    """Per seed (OOF parts [N_train, ...], test parts [N_test, ...]) of one sub-run, and its loss histories."""
+    ds, per_seed, history = plan.ds, [], {}
+    for s in range(n_seeds(plan.cfg, sub)):
+        oof, tests = {}, []
+        for k in ds.fold_ids:
+            valid, test, meta = read_fold(fold_path(plan, sub, k, s))
+            rows = ds.split(k)[1]
+            for part, v in valid.items():
+                oof.setdefault(part, np.zeros((ds.n_train,) + v.shape[1:], np.float32))[rows] = v
+            tests.append(test)
+            if meta.get("history"):
+                history[f"fold{k}_seed{s}"] = meta["history"]
+        per_seed.append((oof, mean_parts(tests)))
+    return per_seed, history
 
-    def write_results(self, folder: Path, res: dict) -> None:
-        oof, test = self.frames(res)
-        write_csv(folder / "oof.csv", oof)
-        write_csv(folder / "test.csv", test)
 
-    def score_test(self, res: dict) -> None:
-        """Read test_labels.csv (only now, after test.csv is written) and add test figures."""
-        labels_path = self.ds.root / "test_labels.csv"
-        if not labels_path.is_file():
-            for s in res["metrics"]["seeds"]:
-                s.pop("_test_pred", None)
-            return
-        truth = read_label_file(labels_path)
-        keys = [data_mod.strip_extension(f) for f in self.ds.test_files]
-        missing = [k for k in keys if k not in truth]
-        if missing:
-            raise UserError(f"{labels_path}: {len(missing)} test clips have no label (e.g. {missing[0]})")
-        true = np.array([truth[k] for k in keys])
-        res["metrics"]["test"] = trim(score(res["test_pred"], true))
-        for s in res["metrics"]["seeds"]:
-            s["test"] = trim(score(s.pop("_test_pred"), true))
+def late_mean(per_sub: list[list[tuple[dict, dict]]]) -> list[tuple[dict, dict]]:
+    """Late fusion: per seed, the mean of the members' probabilities (OOF and test)."""
+    return [tuple({"prob": np.mean([member[s][i]["prob"] for member in per_sub], 0)} for i in (0, 1))
+            for s in range(len(per_sub[0]))]
 
-    # ---- the whole run -------------------------------------------------------------------------------
-    def run(self) -> Path:
-        resume = self.prepare_output()
-        self.log = Log(self.out / "log.txt", quiet=self.args.quiet)
-        cfg, ds = self.cfg, self.ds
-        configure_torch(cfg.train.num_threads, self.device)
-        self.log(f"[bold]{self.exp_name}[/bold] on {ds.name}: {ds.n_train} train clips in {len(ds.fold_ids)} folds, "
-                 f"{len(ds.test_files)} test clips, encoders {', '.join(ds.encoders)}; device {self.device}"
-                 + (" (resuming finished folds)" if resume else "") + (" [smoke]" if cfg.smoke else ""))
-        if self.device.type == "cuda":
-            self.log("note: on CUDA some kernels are nondeterministic; the last digits of OOF files may vary")
-        group, subs = sub_runs(cfg, ds)
-        n_tasks = sum(len(ds.fold_ids) * (cfg.train.seeds if p is None else 1) for _, _, p, _ in subs)
-        results = {}
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=self.log.console, transient=True) as progress:
-            task = progress.add_task("folds x seeds", total=n_tasks)
-            for name, encoders, prior, sub_cfg in subs:
-                results[name] = self.train_sub(name, encoders, prior, sub_cfg, progress, task)
-        self.collect_projections(subs)
 
-        if group is None:
-            final = self.evaluate(results[""])
-        else:
-            evaluated = {name: self.evaluate(per_seed) for name, per_seed in results.items()}
-            for name, res in evaluated.items():
-                self.write_results(self.out / group / name, res)
-            if cfg.model.inputs == "late_mean" and cfg.model.name == "mlp":
-                # late fusion: per seed, the mean of the per-encoder probabilities
-                per_seed = [({"prob": np.mean([results[n][s][0]["prob"] for n in results], 0)},
-                             {"prob": np.mean([results[n][s][1]["prob"] for n in results], 0)})
-                            for s in range(cfg.train.seeds)]
-                final = self.evaluate(per_seed)
-            else:
-                best = max(evaluated, key=lambda n: evaluated[n]["metrics"]["oof"]["score"])
-                final = evaluated[best]
-                final["metrics"]["best_" + group.split("_", 1)[1]] = best
-            final["metrics"][group] = {}
+def seed_mean(per_seed: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    return mean_parts([o for o, _ in per_seed]), mean_parts([t for _, t in per_seed])
 
-        self.write_results(self.out, final)
-        paths = submission.write(SUBMISSIONS / ds.name, self.exp_name, ds.test_files, final["test_pred"],
-                                 ds.test_files, ds.template_keys)
-        self.score_test(final)
-        if group is not None:
-            for name, res in evaluated.items():
-                if res is not final:
-                    self.score_test(res)
-                final["metrics"][group][name] = {**{k: res["metrics"][k] for k in ("oof", "test") if k in res["metrics"]},
-                                                 "seed_spread": seed_spread(res["metrics"]["seeds"])}
-            write_csv(self.out / f"{group}.csv", group_table(final["metrics"][group], group))
-        metrics = {**final["metrics"], "runtime_s": round(time.time() - self.started, 1), "smoke": cfg.smoke}
-        write_json(self.out / "metrics.json", metrics)
-        self.show(metrics, group)
-        if cfg.model.name == "fusion":  # the analysis figures, regenerable later with src/report.py
-            from src.report import write_report
-            self.log(f"report: {write_report(self.exp_dir, self.ds.root)}")
-        self.log(f"wrote {display_path(self.out)} and {display_path(paths['json'])}")
-        return self.out
 
-    def show(self, metrics: dict, group) -> None:
-        table = Table(title=f"{self.exp_name} on {self.ds.name}")
-        for col in ("rows", "n", "ACC_presence", "ACC_salience", "score"):
-            table.add_column(col, justify="right" if col != "rows" else "left")
-        fmt = lambda m: [str(m["n"]), f"{m['acc_presence']:.4f}", f"{m['acc_salience']:.4f}", f"{m['score']:.4f}"]
-        for f in metrics["folds"]:
-            table.add_row(f"fold {f['fold']}", *fmt(f))
-        table.add_row("[bold]OOF[/bold]", *fmt(metrics["oof"]))
-        if "test" in metrics:
-            table.add_row("[bold]test[/bold]", *fmt(metrics["test"]))
-        self.log.console.print(table)
-        dec = metrics["decoder"]
-        if dec["name"] == "threshold":
-            self.log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']} "
-                     f"(fitted on all OOF, used for test); OOF above uses per-fold refits on the other folds")
-        if group is not None and group in metrics:
-            for name, m in metrics[group].items():
-                self.log(f"  {group} {name}: OOF score {m['oof']['score']:.4f}"
-                         + (f", test {m['test']['score']:.4f}" if "test" in m else ""))
+def write_projections(plan: Plan, sub: SubRun) -> None:
+    """OOF projected encoder embeddings of seed 0, [N_train, E, shared_dim] float16, for CKA analysis.
+
+    Written when the model saves projections in its fold files (fusion); nothing otherwise.
+    """
+    proj = None
+    for k in plan.ds.fold_ids:
+        with np.load(fold_path(plan, sub, k, 0)) as z:
+            if "projections" not in z.files:
+                return
+            block = z["projections"]
+        if proj is None:
+            proj = np.zeros((plan.ds.n_train,) + block.shape[1:], np.float16)
+        proj[plan.ds.split(k)[1]] = block
+    write_npz(plan.out / "projections.npz", projections=proj, encoders=np.array(plan.ds.encoders),
+              filenames=plan.ds.train_files.astype(str))
+
+
+# ---- stage 3: decode -----------------------------------------------------------------------------------
+def decode_parts(oof: dict, test: dict, ds, dc) -> dict:
+    """Honest OOF predictions (thresholds refitted per fold on the other folds), test predictions, record."""
+    if dc.name == "nearest":
+        oof_pred = decode.nearest(oof["prob"])
+        return {"oof_pred": oof_pred, "test_pred": decode.nearest(test["prob"]), "insample": oof_pred,
+                "decoder": {"name": "nearest"}, "oof_prob": oof["prob"], "test_prob": test["prob"]}
+    oof_pred, per_fold, params = decode.cross_fit(oof, ds.labels, ds.folds, dc.grid, dc.head_weights)
+    params = {"name": "threshold", **params, "per_fold": per_fold}
+    w = params["head_weight"]
+    return {"oof_pred": oof_pred, "test_pred": decode.apply_decoder(test, params),
+            "insample": decode.apply_decoder(oof, params), "decoder": params,
+            "oof_prob": decode.probabilities(oof, w), "test_prob": decode.probabilities(test, w)}
+
+
+def evaluate(per_seed, ds, dc) -> dict:
+    """Seed-averaged parts decoded, plus each seed decoded on its own (for the spread over seeds)."""
+    oof, test = seed_mean(per_seed)
+    res = decode_parts(oof, test, ds, dc) | {"oof": oof, "test": test}
+    res["seed_preds"] = [(d["oof_pred"], d["test_pred"]) for d in (decode_parts(o, t, ds, dc) for o, t in per_seed)]
+    return res
+
+
+def choose_per_fold(oof_preds: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray) -> dict[int, str]:
+    """Per outer fold k, the sub-run with the best OOF score on the OTHER folds' rows (ties: the first listed).
+
+    oof_preds: sub-run -> honest OOF predictions int [N]. Fold k's rows and labels are never read for fold k.
+    """
+    choice = {}
+    for k in np.unique(folds):
+        other = folds != k
+        scores = {name: score(pred[other], labels[other])["score"] for name, pred in oof_preds.items()}
+        choice[int(k)] = max(scores, key=scores.get)
+    return choice
+
+
+def compose(evaluated: dict[str, dict], choice: dict[int, str], best: str, ds) -> dict:
+    """OOF rows of fold k from the sub-run chosen for k; test predictions from `best` (chosen on all OOF)."""
+    folds = ds.folds
+    rows = {k: folds == k for k in choice}
+    pick = lambda get: _by_fold(rows, {k: get(evaluated[name]) for k, name in choice.items()})
+    res = {key: evaluated[best][key] for key in ("test", "test_pred", "test_prob")}
+    res["oof"] = {p: pick(lambda r, p=p: r["oof"][p]) for p in evaluated[best]["oof"]}
+    for key in ("oof_pred", "insample", "oof_prob"):
+        res[key] = pick(lambda r, key=key: r[key])
+    res["seed_preds"] = [(pick(lambda r, i=i: r["seed_preds"][i][0]), t) for i, (_, t) in
+                         enumerate(evaluated[best]["seed_preds"])]
+    dec = {k: v for k, v in evaluated[best]["decoder"].items() if k != "per_fold"}
+    per_fold = []
+    for k, name in choice.items():
+        entry = next((f for f in evaluated[name]["decoder"].get("per_fold", []) if f["fold"] == k),
+                     {"fold": k, "name": evaluated[name]["decoder"]["name"]})
+        per_fold.append({**entry, "sub_run": name})
+    res["decoder"] = {**dec, "per_fold": per_fold}
+    return res
+
+
+def _by_fold(rows: dict, values: dict) -> np.ndarray:
+    """Rows of fold k taken from values[k] (arrays over all train rows)."""
+    first = next(iter(values.values()))
+    out = np.zeros_like(first)
+    for k, mask in rows.items():
+        out[mask] = values[k][mask]
+    return out
+
+
+def decode_all(plan: Plan, results: dict, combine: str) -> tuple[dict, dict, dict]:
+    """-> (final result, per-sub-run results, extra metrics): the nested choice or the late mean."""
+    ds, dc = plan.ds, plan.cfg.decoder
+    if combine == "single":
+        return evaluate(results[""], ds, dc), {}, {}
+    evaluated = {name: evaluate(per_seed, ds, dc) for name, per_seed in results.items()}
+    if combine == "mean":
+        return evaluate(late_mean(list(results.values())), ds, dc), evaluated, {}
+    labels = ds.labels
+    best = max(evaluated, key=lambda n: score(evaluated[n]["oof_pred"], labels)["score"])
+    choice = choose_per_fold({n: r["oof_pred"] for n, r in evaluated.items()}, labels, ds.folds)
+    extra = {"chosen_per_fold": {str(k): v for k, v in choice.items()}, "choice_for_test": best,
+             "oof_choice_in_sample": trim(score(evaluated[best]["oof_pred"], labels))}
+    return compose(evaluated, choice, best, ds), evaluated, extra
+
+
+# ---- stage 4: outputs -----------------------------------------------------------------------------------
+def write_predictions(folder: Path, ds, res: dict) -> None:
+    write_csv(folder / "oof.csv", data_mod.prediction_frame(ds.train_files, res["oof_prob"], res["oof"], ds.encoders,
+                                                            ds.folds))
+    write_csv(folder / "test.csv", data_mod.prediction_frame(ds.test_files, res["test_prob"], res["test"], ds.encoders))
 
 
 def seed_spread(seeds: list[dict]) -> dict:
@@ -368,20 +381,129 @@ def group_table(entries: dict, group: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def trim(m: dict) -> dict:
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
+def scored(res: dict, ds) -> dict:
+    """metrics of one result: OOF, in-sample-threshold OOF, folds, decoder, per seed; test after the files exist."""
+    seeds = [{"seed": i, "oof": trim(score(o, ds.labels))} for i, (o, _) in enumerate(res["seed_preds"])]
+    test = score_test(ds.root, ds.test_files, [res["test_pred"]] + [t for _, t in res["seed_preds"]])
+    if test is not None:
+        for s, t in zip(seeds, test[1:]):
+            s["test"] = t
+    return {"oof": trim(score(res["oof_pred"], ds.labels)),
+            "oof_thresholds_in_sample": trim(score(res["insample"], ds.labels)),
+            "folds": decode.fold_scores(res["oof_pred"], ds.labels, ds.folds), "decoder": res["decoder"],
+            "seeds": seeds} | ({"test": test[0]} if test is not None else {})
 
 
-def nearest(prob: np.ndarray) -> np.ndarray:
-    """The configuration whose salience vector is closest to each probability vector."""
-    return np.argmin(((prob[:, None, :] - SALIENCE[None]) ** 2).sum(-1), 1)
+def write_run(plan: Plan, final: dict, evaluated: dict, extra: dict, group, histories: dict, clock: Clock) -> dict:
+    """Predictions and the submission first, then (reading test labels only now) every score."""
+    ds = plan.ds
+    write_predictions(plan.out, ds, final)
+    for name, res in evaluated.items():
+        write_predictions(plan.out / group / name, ds, res)
+    paths = submission.write(submissions_root() / ds.name, plan.name, ds.test_files, final["test_pred"],
+                             ds.test_files, ds.template_keys)
+    metrics = scored(final, ds) | extra
+    if group is not None:
+        if "choice_for_test" in extra:
+            metrics["best_" + group.split("_", 1)[1]] = extra["choice_for_test"]
+        metrics[group] = {}
+        for name, res in evaluated.items():
+            m = scored(res, ds)
+            metrics[group][name] = {k: m[k] for k in ("oof", "test") if k in m} | {"seed_spread": seed_spread(m["seeds"])}
+        write_csv(plan.out / f"{group}.csv", group_table(metrics[group], group))
+    timing = clock.save()
+    metrics |= {"history": histories, "runtime_s": timing["runtime_s"], "invocations": timing["invocations"],
+                "resumes": timing["invocations"] - 1, "smoke": plan.cfg.smoke, "variant": plan.variant}
+    write_json(plan.out / "metrics.json", metrics)
+    resolved = plan.record["config"] | {"run": {
+        "fingerprint": plan.record["fingerprint"], "git_commit": git_commit(), "overrides": plan.args.sets,
+        "smoke": plan.args.smoke, "variant": plan.variant, "device": str(plan.device), "threads": torch.get_num_threads(),
+        "command": " ".join(sys.argv), "submission": display_path(paths["json"])}}
+    write_text(plan.out / "config.resolved.yaml", config_mod.dump(resolved))
+    return metrics
+
+
+def remove_stale(plan: Plan, log: Log) -> None:
+    """After a finished run: fold caches of other fingerprints of this variant (and of the old layout) go."""
+    stale = [p for p in (plan.out / "runs").iterdir() if p.is_dir() and p != plan.run_dir]
+    stale += [plan.out / n for n in ("folds", "models") if (plan.out / n).is_dir()]  # before runs/<fp>/
+    for path in stale:
+        shutil.rmtree(path)
+    if stale:
+        log(f"removed the superseded fold caches of this variant: {', '.join(p.name for p in stale)}", file_only=True)
+
+
+def show(log: Log, title: str, metrics: dict, group) -> None:
+    table = Table(title=title)
+    for col in ("rows", "n", "ACC_presence", "ACC_salience", "score"):
+        table.add_column(col, justify="right" if col != "rows" else "left")
+    fmt = lambda m: [str(m["n"]), f"{m['acc_presence']:.4f}", f"{m['acc_salience']:.4f}", f"{m['score']:.4f}"]
+    for f in metrics["folds"]:
+        table.add_row(f"fold {f['fold']}", *fmt(f))
+    table.add_row("[bold]OOF[/bold]", *fmt(metrics["oof"]))
+    if "test" in metrics:
+        table.add_row("[bold]test[/bold]", *fmt(metrics["test"]))
+    log.console.print(table)
+    dec = metrics["decoder"]
+    if dec["name"] == "threshold":
+        log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']} "
+            f"(fitted on all OOF, used for test); OOF above uses per-fold refits on the other folds")
+    if "chosen_per_fold" in metrics:
+        log(f"sub-run per fold, chosen on the other folds' OOF: {metrics['chosen_per_fold']}; for test: "
+            f"{metrics['choice_for_test']} (its OOF {metrics['oof_choice_in_sample']['score']:.4f} is in-sample: "
+            "the choice saw those rows)")
+    if group is not None and group in metrics:
+        for name, m in metrics[group].items():
+            log(f"  {group} {name}: OOF score {m['oof']['score']:.4f}"
+                + (f", test {m['test']['score']:.4f}" if "test" in m else ""))
+
+
+# ---- the whole run -------------------------------------------------------------------------------------
+def run_plan(plan: Plan) -> Path:
+    cfg, ds, out = plan.cfg, plan.ds, plan.out
+    previous = previous_record(out)
+    resume = (plan.run_dir / "fingerprint.json").is_file() and not plan.args.force
+    log = Log(out / "log.txt", quiet=plan.args.quiet)
+    configure_torch(cfg.train.num_threads, plan.device)
+    log(f"[bold]{plan.name}[/bold] on {ds.name}: {ds.n_train} train clips in {len(ds.fold_ids)} folds, "
+        f"{len(ds.test_files)} test clips, encoders {', '.join(ds.encoders)}; device {plan.device}; "
+        f"fingerprint {plan.record['fingerprint']}" + (" (resuming finished folds)" if resume else "")
+        + (" [smoke]" if cfg.smoke else ""))
+    if plan.args.force:
+        log("--force: retraining every fold of this variant; its previous results stay until this run finishes")
+    elif not resume and previous is not None:
+        what = fingerprint.changes(previous, plan.record) or ["an earlier fold cache was incomplete"]
+        log("starting fresh (previous results stay until this run finishes): " + "; ".join(what))
+    if plan.device.type == "cuda":
+        log("note: on CUDA some kernels are nondeterministic; the last digits of OOF files may vary")
+    write_json(plan.run_dir / "fingerprint.json", plan.record)
+    clock = Clock(plan.run_dir / "runtime.json", reset=plan.args.force)
+    train_folds(plan, log, clock)
+
+    group, combine, subs = sub_runs(cfg, ds.encoders)
+    results, histories = {}, {}
+    for sub in subs:
+        results[sub.name], histories[sub.name or "model"] = gather(plan, sub)
+    if combine == "single":
+        write_projections(plan, subs[0])
+    final, evaluated, extra = decode_all(plan, results, combine)
+    metrics = write_run(plan, final, evaluated, extra, group, histories, clock)
+    remove_stale(plan, log)
+    show(log, f"{plan.name} on {ds.name}", metrics, group)
+    if metrics["resumes"]:
+        log(f"run time {metrics['runtime_s']} s over {metrics['invocations']} invocations")
+    if cfg.model.name == "fusion":  # the analysis figures, regenerable later with src/report.py
+        from src.report import write_report
+        log(f"report: {display_path(write_report(plan.exp_dir, ds.root, plan.variant))}")
+    log(f"wrote {display_path(out)} and {display_path(submissions_root() / ds.name / plan.name)}.json")
+    return out
 
 
 @cli
 def run(exp_dir, argv=None) -> Path:
     """Entry point of every exp/*/run.py."""
-    runner = Runner(Path(exp_dir), argv)
+    plan = prepare(Path(exp_dir), parse_args(argv))
     try:
-        return runner.run()
+        return run_plan(plan)
     except WriteError as err:  # a late failure (disk filled, permissions changed): say how to finish
         raise checks.write_failed(err) from None

@@ -1,7 +1,7 @@
 """The paper's figures and a report.md for one experiment, regenerated from its saved outputs (no retraining).
 
-    python src/report.py exp042 [--input DIR]
-writes exp/<id>_<slug>/output/<dataset>/figures/*.png and report.md. A figure the experiment has nothing for
+    python src/report.py exp042[@variant] [--input DIR]
+writes exp/<id>_<slug>/output/<dataset>[@variant]/figures/*.png and report.md. A figure the experiment has nothing for
 (no gates for an MLP, no projections.npz, no exp041 sweep on this dataset) is skipped with a note.
 """
 from __future__ import annotations
@@ -13,8 +13,10 @@ import textwrap
 from functools import cached_property
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `src` importable
+if __package__ in (None, ""):  # run as a file: make `src` importable, under the repository's .venv
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from src.venv import use_venv
+    use_venv()
 
 import numpy as np
 import pandas as pd
@@ -25,9 +27,9 @@ from matplotlib.patches import Patch
 
 from src import data as data_mod
 from src.cka import cka_matrix
-from src.decode import combine_heads, decode_thresholds
+from src.decode import combine_heads, decode_thresholds, nearest
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, ROOT, display_path, resolve
+from src.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve, resolve_run, run_name
 from src.io import atomic_write, write_text
 from src.labels import BLEND_RATIOS, CONFIGS, EMOTIONS, IS_BLEND
 from src.metric import score
@@ -68,7 +70,6 @@ def redecode_oof(oof: pd.DataFrame, decoder: dict) -> np.ndarray:
     """
     prob = columns(oof, "prob")
     if decoder["name"] == "nearest":
-        from src.pipeline import nearest  # imports torch, so only for the decoder that needs it
         return nearest(prob)
     two_heads = all(f"{p}_{e}" in oof for p in ("presence", "salience") for e in EMOTIONS)
     folds = oof["fold"].to_numpy()
@@ -87,40 +88,34 @@ def redecode_oof(oof: pd.DataFrame, decoder: dict) -> np.ndarray:
     return pred
 
 
-def feature_bytes(root: Path, encoder: str) -> int:
-    files = [root / "features" / f"{encoder}.npz", *(root / "features" / encoder).glob("*.npz")]
-    return sum(f.stat().st_size for f in files if f.is_file())
-
-
 def train_truth(input_dir: Path) -> pd.DataFrame:
     """filename, label (configuration index), actor of every train clip, read by src.data."""
     root = Path(input_dir)
     if not root.is_dir():
         raise UserError(f"{root}: dataset folder not found")
-    # the labels do not depend on the features: read only the smallest encoder file
-    smallest = sorted(data_mod.available_encoders(root), key=lambda e: feature_bytes(root, e))[:1]
-    ds = data_mod.load(root, smallest or "all")
+    ds = data_mod.load_labels(root)  # the labels do not depend on the features
     return pd.DataFrame({"filename": ds.train_files, "label": ds.labels, "actor": ds.actors})
 
 
-def output_dir(exp_dir: Path, input_dir: Path) -> Path:
+def find_outputs(exp_dir: Path, input_dir: Path, variant: str | None = None) -> Path:
     """Where an experiment (or ensemble) folder keeps its outputs for a dataset; UserError when absent."""
-    out = Path(exp_dir) / "output" / Path(input_dir).name
+    out = output_dir(exp_dir, Path(input_dir).name, variant)
     if not (out / "metrics.json").is_file() or not (out / "oof.csv").is_file():
         exp_id = Path(exp_dir).name.split("_", 1)[0]
-        raise UserError(f"{display_path(exp_dir)} has no outputs for dataset '{Path(input_dir).name}' "
+        hint = {None: "", "smoke": " --smoke"}.get(variant, f" --name {variant}")
+        raise UserError(f"{run_name(exp_dir, variant)} has no outputs for dataset '{Path(input_dir).name}' "
                         f"(no {display_path(out)}/metrics.json); "
-                        f"run: bash run.sh {exp_id} --input {display_path(input_dir)}")
+                        f"run: bash run.sh {exp_id} --input {display_path(input_dir)}{hint}")
     return out
 
 
 class Run:
     """One experiment's saved outputs for one dataset, joined by filename to the true labels and actors."""
 
-    def __init__(self, exp_dir: Path, input_dir: Path):
-        self.exp_dir, self.input_dir = Path(exp_dir).resolve(), Path(input_dir)
-        self.name, self.dataset = self.exp_dir.name, self.input_dir.name
-        self.out = output_dir(self.exp_dir, self.input_dir)
+    def __init__(self, exp_dir: Path, input_dir: Path, variant: str | None = None):
+        self.exp_dir, self.input_dir, self.variant = Path(exp_dir).resolve(), Path(input_dir), variant
+        self.name, self.dataset = run_name(self.exp_dir, variant), self.input_dir.name
+        self.out = find_outputs(self.exp_dir, self.input_dir, variant)
         self.metrics = json.loads((self.out / "metrics.json").read_text())
         config_path = self.out / "config.resolved.yaml"
         self.config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
@@ -203,12 +198,13 @@ class Run:
 
     @cached_property
     def sweep(self) -> pd.DataFrame:
-        """per_top_n.csv of the sweep experiment on the same dataset, sorted by n."""
+        """per_top_n.csv of the sweep experiment on the same dataset (same variant, else the committed config)."""
         try:
             sweep_dir = resolve(SWEEP_EXPERIMENT)
         except UserError:
             raise Skip(f"no {SWEEP_EXPERIMENT} experiment folder") from None
-        path = sweep_dir / "output" / self.dataset / "per_top_n.csv"
+        paths = [output_dir(sweep_dir, self.dataset, v) / "per_top_n.csv" for v in dict.fromkeys([self.variant, None])]
+        path = next((p for p in paths if p.is_file()), paths[-1])
         if not path.is_file():
             raise Skip(f"{sweep_dir.name} has no outputs for dataset '{self.dataset}' "
                        f"(run: bash run.sh {SWEEP_EXPERIMENT} --input {display_path(self.input_dir)})")
@@ -414,6 +410,30 @@ def fig_actor(run: Run) -> Figure:
     return fig
 
 
+def fig_loss(run: Run) -> Figure:
+    histories = run.metrics.get("history") or {}
+    if not any(histories.values()):
+        raise Skip("no per-epoch losses in metrics.json (a prior, an ensemble, or a run from before they were saved)")
+    sub = run.metrics.get("choice_for_test") or next(k for k, v in histories.items() if v)
+    per_fold = {key: h for key, h in histories[sub].items() if key.endswith("_seed0")}
+    fig = new_figure(7, 4.5)
+    ax = fig.subplots()
+    for i, (key, h) in enumerate(sorted(per_fold.items())):
+        fold = key.split("_")[0].removeprefix("fold")
+        epochs = np.arange(1, len(h["train_loss"]) + 1)
+        ax.plot(epochs, h["train_loss"], "-", color=f"C{i % 10}", label=f"fold {fold} train")
+        if h.get("inner_loss"):
+            ax.plot(epochs[:len(h["inner_loss"])], h["inner_loss"], "--", color=f"C{i % 10}",
+                    label=f"fold {fold} inner split")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (training objective; inner split: task loss)")
+    ax.set_title(f"{run.name}: training loss per fold, seed 0" + (f" (sub-run {sub})" if sub != "model" else ""),
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
 # name, title, what it shows, function
 FIGURES = (
     ("topn_curve", "Score against the number of selected encoders n",
@@ -438,6 +458,9 @@ FIGURES = (
      "right.", fig_confusion),
     ("actor_scores", "Score per actor",
      "OOF score of each actor's clips (sorted), coloured by fold; unseen actors are the known bottleneck.", fig_actor),
+    ("loss_curves", "Training loss per fold",
+     "Mean training loss per epoch of each fold's model (seed 0); dashed: the loss on the inner split of the "
+     "training folds that early stopping watches, when it is on.", fig_loss),
 )
 
 
@@ -528,9 +551,12 @@ def metrics_table(m: dict) -> str:
     head = "| rows | n | n_blend | ACC_presence | ACC_salience | score |\n|---|---|---|---|---|---|\n"
     row = lambda name, r: (f"| {name} | {r['n']} | {r['n_blend']} | {r['acc_presence']:.4f} | "
                            f"{r['acc_salience']:.4f} | {r['score']:.4f} |\n")
-    text = head + row("**OOF** (thresholds refitted per fold)", m["oof"])
+    nested = " and sub-run chosen per fold on the other folds" if "chosen_per_fold" in m else ""
+    text = head + row(f"**OOF** (thresholds refitted per fold{nested})", m["oof"])
     if "oof_thresholds_in_sample" in m:
         text += row("OOF, thresholds fitted in-sample", m["oof_thresholds_in_sample"])
+    if "oof_choice_in_sample" in m:
+        text += row(f"OOF of {m['choice_for_test']} alone, chosen in-sample (optimistic)", m["oof_choice_in_sample"])
     text += "".join(row(f"fold {f['fold']}", f) for f in m["folds"])
     if "test" in m:
         text += row("**test**", m["test"])
@@ -561,9 +587,9 @@ def decoder_text(d: dict) -> str:
     return text
 
 
-def write_report(exp_dir: Path, input_dir: Path) -> Path:
-    """Figures under output/<dataset>/figures/ and report.md next to them; returns the report's path."""
-    run = Run(exp_dir, input_dir)
+def write_report(exp_dir: Path, input_dir: Path, variant: str | None = None) -> Path:
+    """Figures under output/<dataset>[@variant]/figures/ and report.md next to them; returns the report's path."""
+    run = Run(exp_dir, input_dir, variant)
     sections = []
     for number, (name, title, caption, draw) in enumerate(FIGURES, start=1):
         try:
@@ -577,12 +603,13 @@ def write_report(exp_dir: Path, input_dir: Path) -> Path:
     smoke = "\n**Smoke run** (tiny training budget): the numbers only show that the pipeline works.\n" \
         if m.get("smoke") else ""
     groups = "; ".join(f"{g}: {', '.join(run.encoders[i] for i in idx)}" for g, idx in run.groups().items())
-    is_experiment = run.exp_dir.parent == ROOT / "exp" and run.name.startswith("exp")
-    command = (f"python src/report.py {run.name.split('_')[0] if is_experiment else display_path(run.exp_dir)} "
-               f"--input {display_path(run.input_dir)}")
+    is_experiment = run.exp_dir.parent == EXP_DIR and run.name.startswith("exp")
+    spec = run.name.split("_")[0] + (f"@{variant}" if variant else "") if is_experiment else display_path(run.exp_dir)
+    command = f"python src/report.py {spec} --input {display_path(run.input_dir)}"
     text = (f"# {run.name} on {run.dataset}\n\n"
             f"Generated by `{command}` from the saved outputs in `{display_path(run.out)}` (no retraining). "
-            f"Run time {m.get('runtime_s', 'n/a')} s.\n{smoke}\n"
+            f"Run time {m.get('runtime_s', 'n/a')} s"
+            + (f" over {m['invocations']} invocations" if m.get("resumes") else "") + f".\n{smoke}\n"
             f"## Scores\n\n{metrics_table(m)}\n## Decoder\n\n{decoder_text(m['decoder'])}\n"
             "## Findings\n\n" + "".join(f"- {s}\n" for s in findings(run))
             + "\n## Figures\n\n"
@@ -592,22 +619,23 @@ def write_report(exp_dir: Path, input_dir: Path) -> Path:
     return write_text(run.out / "report.md", text)
 
 
-def resolve_folder(name: str) -> Path:
-    """An experiment id ('exp042'), or an existing folder such as exp/ensembles/NAME."""
+def resolve_folder(name: str) -> tuple[Path, str | None]:
+    """An experiment id ('exp042', 'exp042@smoke'), or an ensemble folder such as exp/ensembles/NAME."""
     path = Path(name)
-    for candidate in (path, ROOT / path):
-        if (candidate / "output").is_dir():
-            return candidate.resolve()
-    return resolve(name)
+    for candidate in (path, EXP_DIR.parent / path):
+        if candidate.parent.name == "ensembles" and candidate.parent.parent == EXP_DIR:
+            return candidate.resolve(), None
+    return resolve_run(name)
 
 
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(description="Figures and report.md of an experiment, from its saved outputs.")
-    p.add_argument("experiment", help="experiment id (exp042) or a folder with output/ (exp/ensembles/NAME)")
+    p.add_argument("experiment", help="experiment id (exp042, exp042@smoke) or an ensemble (exp/ensembles/NAME)")
     p.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="dataset folder (default: input/synthetic)")
     args = p.parse_args(argv)
-    path = write_report(resolve_folder(args.experiment), args.input)
+    folder, variant = resolve_folder(args.experiment)
+    path = write_report(folder, args.input, variant)
     figures = sorted((path.parent / "figures").glob("*.png"))  # skipped figures were removed
     print(f"wrote {display_path(path)}" + (f" and {len(figures)} figures in {display_path(path.parent / 'figures')}/"
                                           if figures else " (every figure skipped: these outputs have no data for them)"))

@@ -16,14 +16,17 @@ import sys
 import zipfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `src` importable
+if __package__ in (None, ""):  # run as a file: make `src` importable, under the repository's .venv
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from src.venv import use_venv
+    use_venv()
 
 import numpy as np
 import pandas as pd
 
 from src.errors import UserError, cli
 from src.labels import CONFIGS, IS_BLEND, config_index, strip_extension
+from src.metric import score, trim
 
 
 def _json_text(path: Path) -> str:
@@ -126,6 +129,23 @@ def score_maps(pred: dict, true: dict, what: str = "submission") -> dict:
     acc_salience = float(hits[blend, 1].mean()) if blend.any() else 0.0
     return {"acc_presence": acc_presence, "acc_salience": acc_salience,
             "score": (acc_presence + acc_salience) / 2, "n": len(keys), "n_blend": int(blend.sum())}
+
+
+def score_test(root: Path, test_files, preds: list) -> list[dict] | None:
+    """Rounded scores of each int [N_test] prediction against root/test_labels.csv; None without that file.
+
+    Call only after the predictions are written: this is the one reader of test labels in a run.
+    """
+    labels_path = Path(root) / "test_labels.csv"
+    if not labels_path.is_file():
+        return None
+    truth = read_label_file(labels_path)
+    keys = [strip_extension(str(f)) for f in test_files]
+    missing = [k for k in keys if k not in truth]
+    if missing:
+        raise UserError(f"{labels_path}: {len(missing)} test clips have no label (e.g. {missing[0]})")
+    true = np.array([truth[k] for k in keys])
+    return [trim(score(p, true)) for p in preds]
 
 
 def score_files(pred_path: Path, labels_path: Path) -> dict:

@@ -12,6 +12,7 @@ import torch
 
 from src.coral import coral_loss
 from src.data import Dataset
+from src.errors import UserError
 from src.labels import IS_BLEND, PRESENCE, SALIENCE
 from src.models.fusion import FusionNet
 from src.models.mlp import MLP
@@ -25,13 +26,17 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, what: str = "train.device") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a device this machine has; `what` names the setting in errors."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        from src.errors import UserError
-        raise UserError("train.device: cuda requested but torch sees no CUDA device")
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{what} {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{what} {name}: CUDA is not available on this machine (torch sees no CUDA device)")
+    return device
 
 
 def configure_torch(num_threads: int, device: torch.device) -> None:
@@ -40,10 +45,14 @@ def configure_torch(num_threads: int, device: torch.device) -> None:
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=False)
 
 
-def standardize(X: np.ndarray, fit_rows: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """Z-score with mean/std of the training rows where the encoder is present; missing rows stay 0."""
+def fit_standardizer(X: np.ndarray, fit_rows: np.ndarray, present: np.ndarray):
+    """(mean, std) float32 [D] of the training rows where the encoder is present; saved with checkpoints."""
     rows = fit_rows[present[fit_rows]]
-    mean, std = X[rows].mean(0), X[rows].std(0)
+    return X[rows].mean(0), X[rows].std(0)
+
+
+def standardize(X: np.ndarray, present: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Z-score with fitted statistics; missing rows stay 0."""
     return np.where(present[:, None], (X - mean) / np.where(std > 1e-8, std, 1.0), 0.0).astype(np.float32)
 
 
@@ -51,17 +60,28 @@ def standardize(X: np.ndarray, fit_rows: np.ndarray, present: np.ndarray) -> np.
 class FoldInputs:
     xs: list[torch.Tensor]      # per input block, float [N_all, D]
     available: torch.Tensor     # bool [N_all, E]
-    targets: dict               # salience, presence: float [N_train, 6]
+    targets: dict               # salience, presence: float [N_train, 6] (empty when predicting)
 
 
-def build_inputs(ds: Dataset, encoders: list[str], train_rows: np.ndarray, concat: bool, device) -> FoldInputs:
-    blocks = [standardize(ds.features[e], train_rows, ds.present[e]) for e in encoders]
+def make_inputs(features: list[np.ndarray], present: list[np.ndarray], stats, concat: bool, device,
+                labels: np.ndarray | None = None) -> FoldInputs:
+    """Per encoder features [N, D_e] and presence [N], standardised with stats [(mean, std)] -> FoldInputs."""
+    blocks = [standardize(X, p, m, s) for X, p, (m, s) in zip(features, present, stats)]
     if concat:
         blocks = [np.concatenate(blocks, 1)]
-    available = np.stack([ds.present[e] for e in encoders], 1)
-    targets = {"salience": torch.from_numpy(SALIENCE[ds.labels]).to(device),
-               "presence": torch.from_numpy(PRESENCE[ds.labels]).to(device)}
+    available = np.stack(present, 1)
+    targets = {} if labels is None else {"salience": torch.from_numpy(SALIENCE[labels]).to(device),
+                                         "presence": torch.from_numpy(PRESENCE[labels]).to(device)}
     return FoldInputs([torch.from_numpy(b).to(device) for b in blocks], torch.from_numpy(available).to(device), targets)
+
+
+def inner_split(ds: Dataset, train_rows: np.ndarray):
+    """(fit rows, stop rows): the training fold after the held-out one stops early; actor-disjoint like folds."""
+    held_out = set(ds.folds) - set(ds.folds[train_rows])
+    inside = sorted(set(ds.folds[train_rows]))
+    after = [k for k in inside if held_out and k > max(held_out)]
+    stop = after[0] if after else inside[0]
+    return train_rows[ds.folds[train_rows] != stop], train_rows[ds.folds[train_rows] == stop]
 
 
 def batches(n: int, size: int, generator: torch.Generator):
@@ -81,11 +101,12 @@ def evaluate_loss(model, inp: FoldInputs, rows: np.ndarray, batch_size: int) -> 
 
 
 def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: torch.Generator,
-                target_rows: np.ndarray | None = None, valid_rows: np.ndarray | None = None):
+                target_rows: np.ndarray | None = None, stop_rows: np.ndarray | None = None):
     """AdamW/Adam over shuffled index batches; CORAL against target rows when adapt.coral_weight > 0.
 
-    target_rows are unlabeled: only their features are read. valid_rows are used for early stopping on
-    the validation LOSS only, and only when train.early_stopping is on.
+    target_rows are unlabeled: only their features are read. stop_rows (an inner split of the training
+    folds, never the scored rows) stop training early on their LOSS. Returns (model, history):
+    history = {"train_loss": [per epoch], "inner_loss": [per epoch, with stop_rows], "best_epoch"}.
     """
     t = cfg.train
     device = inp.available.device
@@ -96,8 +117,10 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: 
     on_projections = cfg.adapt.coral_on == "fused_and_projections"
     train_rows_t = torch.as_tensor(train_rows, device=device)
     best, best_loss, waited = None, float("inf"), 0
-    for _ in range(t.epochs):
+    history = {"train_loss": []}
+    for epoch in range(t.epochs):
         model.train()
+        total = torch.zeros((), device=device)
         for b in batches(len(train_rows), t.batch_size, generator):
             if len(b) < 2:
                 continue  # covariance and batch statistics need two rows
@@ -116,19 +139,23 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            total += loss.detach() * len(b)
+        history["train_loss"].append(round(float(total) / len(train_rows), 6))
         if sched is not None:
             sched.step()
-        if t.early_stopping and valid_rows is not None and len(valid_rows):
-            val = evaluate_loss(model, inp, valid_rows, 512)
+        if stop_rows is not None and len(stop_rows):
+            val = evaluate_loss(model, inp, stop_rows, 512)
+            history.setdefault("inner_loss", []).append(round(val, 6))
             if val < best_loss - 1e-6:
                 best, best_loss, waited = {k: v.detach().clone() for k, v in model.state_dict().items()}, val, 0
+                history["best_epoch"] = epoch + 1
             else:
                 waited += 1
                 if waited >= t.patience:
                     break
     if best is not None:
         model.load_state_dict(best)
-    return model
+    return model, history
 
 
 def predict(model, inp: FoldInputs, rows: np.ndarray, generator: torch.Generator, batch_size: int = 512) -> dict:
@@ -144,12 +171,16 @@ def predict(model, inp: FoldInputs, rows: np.ndarray, generator: torch.Generator
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def prior_parts(ds: Dataset, kind: str, train_rows: np.ndarray, rows: np.ndarray) -> dict:
+def prior_config(ds: Dataset, kind: str, train_rows: np.ndarray) -> int:
     """The organisers' trivial baselines: the most frequent single, or blend with its most frequent ratio."""
     counts = np.bincount(ds.labels[train_rows], minlength=len(IS_BLEND)).astype(float)
     counts[IS_BLEND if kind == "most_frequent_single" else ~IS_BLEND] = -1
     # ties go to the lowest configuration index, so the choice is deterministic
-    return {"prob": np.repeat(SALIENCE[int(np.argmax(counts))][None], len(rows), 0)}
+    return int(np.argmax(counts))
+
+
+def prior_parts(config: int, n: int) -> dict:
+    return {"prob": np.repeat(SALIENCE[config][None], n, 0)}
 
 
 def build_model(cfg, widths: list[int], fixed=None):
@@ -164,33 +195,40 @@ def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed
     """Train one fold model; returns (valid parts, test parts, state_dict or None, extras).
 
     Parts are dicts of arrays: prob or presence/salience [n, 6], gate [n, E] for the fusion model.
+    extras: what `predict_checkpoint` needs besides the weights (standardisation stats, widths, the
+    generator state before the test predictions, the prior's configuration), the loss history, and
+    fusion projections / fixed encoders for the report.
     """
     test_rows = ds.test_rows
     if prior is not None:
-        return prior_parts(ds, prior, train_rows, valid_rows), prior_parts(ds, prior, train_rows, test_rows), None, {}
+        config = prior_config(ds, prior, train_rows)
+        return prior_parts(config, len(valid_rows)), prior_parts(config, len(test_rows)), None, {"prior_config": config}
     generator = seed_everything(seed)
     concat = cfg.model.name == "mlp"
-    inp = build_inputs(ds, encoders, train_rows, concat, device)
+    stats = [fit_standardizer(ds.features[e], train_rows, ds.present[e]) for e in encoders]
+    inp = make_inputs([ds.features[e] for e in encoders], [ds.present[e] for e in encoders], stats, concat, device,
+                      ds.labels)
     widths = [x.shape[1] for x in inp.xs]
     # CORAL targets: clips this model is not trained on (its validation fold and the test set), features only
     target_rows = np.concatenate([valid_rows, test_rows])
-    early = valid_rows if cfg.train.early_stopping else None
-    extras = {}
+    fit_rows, stop_rows = inner_split(ds, train_rows) if cfg.train.early_stopping else (train_rows, None)
+    extras = {"mean": [m for m, _ in stats], "std": [s for _, s in stats], "widths": widths}
     fixed = None
     if cfg.model.name == "fusion" and cfg.model.selection == "fixed":
         # the control: pick the n encoders with the highest mean gate of a learned-selection model,
         # trained and measured on this fold's training rows only
         probe = build_model(cfg, widths).to(device)
         probe.selection = "learned"
-        train_model(probe, inp, train_rows, cfg, generator, target_rows, early)
+        train_model(probe, inp, fit_rows, cfg, generator, target_rows, stop_rows)
         mean_gate = predict(probe, inp, train_rows, generator)["gate"].mean(0)
         fixed = torch.zeros(len(encoders), dtype=torch.bool)
         fixed[np.argsort(-mean_gate, kind="stable")[:probe.top_n]] = True
         extras["fixed_encoders"] = [encoders[i] for i in np.flatnonzero(fixed.numpy())]
         generator = seed_everything(seed + 7919)  # the retrained model starts from a fresh draw
     model = build_model(cfg, widths, fixed).to(device)
-    train_model(model, inp, train_rows, cfg, generator, target_rows, early)
+    model, extras["history"] = train_model(model, inp, fit_rows, cfg, generator, target_rows, stop_rows)
     valid = predict(model, inp, valid_rows, generator)
+    extras["generator_state"] = generator.get_state()  # random selection draws at test time continue from here
     test = predict(model, inp, test_rows, generator)
     if cfg.model.name == "fusion":
         with torch.no_grad():
@@ -199,3 +237,15 @@ def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed
             proj = model([x[idx] for x in inp.xs], inp.available[idx], generator)["projections"]
         extras["projections"] = proj.cpu().numpy().astype(np.float16)  # [n_valid, E, S] for CKA analysis
     return valid, test, {k: v.cpu() for k, v in model.state_dict().items()}, extras
+
+
+def predict_checkpoint(ckpt: dict, cfg, features: list[np.ndarray], present: list[np.ndarray], n: int, device) -> dict:
+    """A saved fold model (pipeline checkpoint) on n new clips: per encoder features [n, D_e] -> parts [n, ...]."""
+    if "prior_config" in ckpt:
+        return prior_parts(ckpt["prior_config"], n)
+    inp = make_inputs(features, present, list(zip(ckpt["mean"], ckpt["std"])), cfg.model.name == "mlp", device)
+    model = build_model(cfg, ckpt["widths"]).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    generator = torch.Generator()
+    generator.set_state(ckpt["generator_state"])
+    return predict(model, inp, np.arange(n), generator)

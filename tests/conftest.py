@@ -1,8 +1,11 @@
-"""Shared fixtures: a tiny synthetic dataset with a unique name, and a runner for the real entry points."""
+"""Shared fixtures: tiny synthetic datasets, output roots under pytest's tmp folder, runners for the entry points.
+
+Every output a test causes goes under one session tmp folder: BLEMORE_OUTPUT_ROOT (mirrors exp/) and
+BLEMORE_SUBMISSIONS are set here, before any test runs, and subprocesses inherit them.
+"""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -14,45 +17,42 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src import synth  # noqa: E402
+from src.experiments import output_dir as _output_dir, resolve, submissions_root, variant_name  # noqa: E402
+from src.pipeline import parse_args  # noqa: E402
 
 TINY = dict(n_train_actors=6, n_test_actors=2, n_folds=3, width_scale=0.25)
+TEMPLATE = Path(__file__).parent / "data" / "submission_template.json"  # 4 entries of the organisers' template
 
 
-def remove_outputs(name: str) -> None:
-    """Experiment outputs and submissions written for a test dataset live in the repo tree: clean them."""
-    for path in list(ROOT.glob(f"exp/*/output/{name}")) + list(ROOT.glob(f"exp/ensembles/*/output/{name}")):
-        shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(ROOT / "submissions" / name, ignore_errors=True)
+@pytest.fixture(scope="session", autouse=True)
+def output_roots(tmp_path_factory):
+    """Experiment/ensemble outputs and submissions of the whole session, under pytest's tmp folder."""
+    root = tmp_path_factory.mktemp("roots")
+    os.environ["BLEMORE_OUTPUT_ROOT"] = str(root / "exp")
+    os.environ["BLEMORE_SUBMISSIONS"] = str(root / "submissions")
+    yield root
 
 
 @pytest.fixture
 def make_dataset(tmp_path):
-    """Factory: write a tiny synthetic dataset with a unique folder name; outputs removed after the test."""
-    names = []
-
+    """Factory: write a tiny synthetic dataset with a unique folder name."""
     def make(**kwargs):
         name = f"tiny_{uuid.uuid4().hex[:8]}"
-        names.append(name)
         return synth.write(tmp_path / name, seed=kwargs.pop("seed", 0), **{**TINY, **kwargs})
-
-    yield make
-    for name in names:
-        remove_outputs(name)
+    return make
 
 
 @pytest.fixture(scope="session")
 def shared_dataset(tmp_path_factory):
     """One tiny dataset reused by read-only tests and smoke runs."""
     name = f"tiny_{uuid.uuid4().hex[:8]}"
-    path = synth.write(tmp_path_factory.mktemp("data") / name, seed=0, **TINY)
-    yield path
-    remove_outputs(name)
+    return synth.write(tmp_path_factory.mktemp("data") / name, seed=0, **TINY)
 
 
-def run_cli(*args, check=True) -> subprocess.CompletedProcess:
-    """Run `python -m <args>` from the repo root, as run.sh does."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
+def run_cli(*args, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
+    """Run `python -m <args>` from the repo root, as run.sh does; one torch thread (faster for tiny data)."""
+    env = {**os.environ, "PYTHONPATH": str(cwd), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -65,12 +65,16 @@ def run_script(path: str, *args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def run_exp(exp_id: str, input_dir: Path, *args, check=True) -> subprocess.CompletedProcess:
-    """An experiment as `bash run.sh` runs it; one torch thread, which is faster for tiny data on 2 cores."""
-    return run_cli("src.experiments", exp_id, "--input", input_dir, "--quiet", "--set", "train.num_threads=1",
-                   *args, check=check)
+def run_exp(exp_id: str, input_dir: Path, *args, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
+    """An experiment as `bash run.sh` runs it."""
+    return run_cli("src.experiments", exp_id, "--input", input_dir, "--quiet", *args, check=check, cwd=cwd)
 
 
-def output_dir(exp_id: str, input_dir: Path) -> Path:
-    from src.experiments import resolve
-    return resolve(exp_id) / "output" / Path(input_dir).name
+def output_dir(exp_id: str, input_dir: Path, *args) -> Path:
+    """The output folder of the variant that `run_exp(exp_id, input_dir, *args)` writes."""
+    a = parse_args(["--input", str(input_dir), *map(str, args)])
+    return _output_dir(resolve(exp_id), Path(input_dir).name, variant_name(a.smoke, a.sets, a.name))
+
+
+def submissions_dir(input_dir: Path) -> Path:
+    return submissions_root() / Path(input_dir).name

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY, output_dir, remove_outputs, run_exp, run_script
+from conftest import TINY, output_dir, run_exp, run_script, submissions_dir
 from src import ensemble, synth
 from src.decode import decode_expected
+from src.experiments import EXP_DIR, output_dir as run_output_dir
 from src.labels import CONFIGS, IS_BLEND, N_CONFIGS, SALIENCE, config_index
 from src.metric import contributions
 
@@ -124,21 +125,14 @@ def test_expected_decoder_prefers_a_blend_over_a_likelier_single():
 # ---- members and the command, end to end --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny dataset with smoke outputs of exp000 and exp020; every output it causes is removed afterwards."""
+    """A tiny dataset with smoke outputs of exp000 and exp020 (the variants exp000@smoke, exp020@smoke)."""
     d = synth.write(tmp_path_factory.mktemp("ens") / f"tiny_ens_{uuid.uuid4().hex[:10]}", seed=0, **TINY)
-    try:
-        for exp in ("exp000", "exp020"):
-            run_exp(exp, d, "--smoke")
-        yield d
-    finally:
-        remove_outputs(d.name)
-        for name in [*ENSEMBLE_NAMES, "solo", "as_file"]:  # the ensembles made here, unless another dataset uses them
-            for folder in (ROOT / "exp" / "ensembles" / name / "output", ROOT / "exp" / "ensembles" / name):
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+    for exp in ("exp000", "exp020"):
+        run_exp(exp, d, "--smoke")
+    return d
 
 
-ENSEMBLE_NAMES = [f"ens_exp000+exp020_{m}" for m in ensemble.METHODS]
+MEMBERS = ("exp000@smoke", "exp020@smoke")
 
 
 def run_main(*args):
@@ -147,13 +141,13 @@ def run_main(*args):
 
 @pytest.mark.parametrize("method", ["lgbm", "weights", "mean"])
 def test_ensemble_end_to_end_gives_a_valid_submission(tiny, method):
-    out = run_main("exp000", "exp020", "--input", tiny, "--method", method)
-    name = f"ens_exp000+exp020_{method}"
-    assert out == ROOT / "exp" / "ensembles" / name / "output" / tiny.name
+    out = run_main(*MEMBERS, "--input", tiny, "--method", method)
+    name = f"ens_exp000@smoke+exp020@smoke_{method}"
+    assert out == run_output_dir(EXP_DIR / "ensembles" / name, tiny.name)
     template = json.loads((tiny / "submission_template.json").read_text())["predictions"]
-    sub = json.loads((ROOT / "submissions" / tiny.name / f"{name}.json").read_text())["predictions"]
+    sub = json.loads((submissions_dir(tiny) / f"{name}.json").read_text())["predictions"]
     assert sorted(sub) == sorted(template)
-    assert (ROOT / "submissions" / tiny.name / f"{name}.zip").is_file()
+    assert (submissions_dir(tiny) / f"{name}.zip").is_file()
     train = pd.read_csv(tiny / "train_metadata.csv")
     oof, test = pd.read_csv(out / "oof.csv"), pd.read_csv(out / "test.csv")
     assert list(oof["filename"]) == sorted(train["filename"]) and len(test) == len(template)
@@ -161,13 +155,14 @@ def test_ensemble_end_to_end_gives_a_valid_submission(tiny, method):
     assert np.allclose(oof[ensemble.PROB].sum(axis=1), 1, atol=1e-4)
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"oof", "folds", "decoder", "test", "members", "weights", "method"} <= metrics.keys()
-    assert [m["name"] for m in metrics["members"]] == ["exp000", "exp020"] and metrics["method"] == method
+    assert [m["name"] for m in metrics["members"]] == list(MEMBERS) and metrics["method"] == method
+    assert metrics["smoke"]  # an ensemble of smoke runs is a smoke run: off the leaderboard unless asked
     assert len(metrics["folds"]) == 3 and 0 <= metrics["oof"]["score"] <= 1
     assert (out / "config.resolved.yaml").is_file() and (out / "log.txt").is_file()
 
 
 def test_single_member_only_calibrates_and_decodes(tiny):
-    out = run_main("exp020", "--input", tiny, "--name", "solo")
+    out = run_main("exp020@smoke", "--input", tiny, "--name", "solo")
     assert json.loads((out / "metrics.json").read_text())["decoder"]["name"] in ("expected", "threshold")
 
 
@@ -181,7 +176,7 @@ def expect_error(capsys, *args) -> str:
 @pytest.fixture
 def exp020_oof(tiny):
     """exp020's oof.csv on the tiny dataset, restored after a test has spoiled it."""
-    path = output_dir("exp020", tiny) / "oof.csv"
+    path = output_dir("exp020", tiny, "--smoke") / "oof.csv"
     text = path.read_text()
     yield path
     path.write_text(text)
@@ -191,30 +186,32 @@ def test_member_with_other_folds_is_rejected(tiny, exp020_oof, capsys):
     frame = pd.read_csv(exp020_oof)
     frame.loc[0, "fold"] = (frame.loc[0, "fold"] + 1) % 3
     frame.to_csv(exp020_oof, index=False)
-    err = expect_error(capsys, "exp000", "exp020", "--input", tiny, "--name", "bad_folds")
-    assert "member exp020: folds differ" in err and "for 1 clips" in err
-    assert not (ROOT / "submissions" / tiny.name / "bad_folds.json").exists()
+    err = expect_error(capsys, *MEMBERS, "--input", tiny, "--name", "bad_folds")
+    assert "member exp020@smoke: folds differ" in err and "for 1 clips" in err
+    assert not (submissions_dir(tiny) / "bad_folds.json").exists()
 
 
 def test_member_with_other_clips_is_rejected(tiny, exp020_oof, capsys):
     pd.read_csv(exp020_oof).iloc[1:].to_csv(exp020_oof, index=False)
-    err = expect_error(capsys, "exp000", "exp020", "--input", tiny, "--name", "bad_clips")
-    assert "member exp020: clips in oof.csv differ" in err and "1 missing" in err
-    assert not (ROOT / "exp" / "ensembles" / "bad_clips").exists()
+    err = expect_error(capsys, *MEMBERS, "--input", tiny, "--name", "bad_clips")
+    assert "member exp020@smoke: clips in oof.csv differ" in err and "1 missing" in err
+    assert not run_output_dir(EXP_DIR / "ensembles" / "bad_clips", tiny.name).exists()
 
 
 def test_member_without_outputs_names_the_run(tiny, capsys):
-    err = expect_error(capsys, "exp000", "exp021", "--input", tiny)
+    err = expect_error(capsys, "exp000@smoke", "exp021", "--input", tiny)
     assert "member exp021: no outputs" in err and f"bash run.sh exp021 --input {tiny}" in err
-    err = expect_error(capsys, "exp020/wavlm", "--input", tiny)
+    err = expect_error(capsys, "exp020@smoke/wavlm", "--input", tiny)
     assert "no sub-run 'wavlm'" in err
-    assert "listed twice" in expect_error(capsys, "exp000", "exp000", "--input", tiny)
+    err = expect_error(capsys, "exp020", "--input", tiny)  # the committed config has no outputs, only @smoke
+    assert "member exp020: no outputs" in err
+    assert "listed twice" in expect_error(capsys, "exp000@smoke", "exp000@smoke", "--input", tiny)
 
 
 def test_runs_as_a_file_with_one_line_errors(tiny):
-    ok = run_script("src/ensemble.py", "exp000", "exp020", "--input", tiny, "--method", "mean", "--name", "as_file", "--quiet")
+    ok = run_script("src/ensemble.py", *MEMBERS, "--input", tiny, "--method", "mean", "--name", "as_file", "--quiet")
     assert ok.returncode == 0, ok.stderr
-    assert (ROOT / "submissions" / tiny.name / "as_file.json").is_file()
-    bad = run_script("src/ensemble.py", "exp000", "exp021", "--input", tiny)
+    assert (submissions_dir(tiny) / "as_file.json").is_file()
+    bad = run_script("src/ensemble.py", "exp000@smoke", "exp021", "--input", tiny)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and bad.stderr.startswith("error: member exp021")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from skimage import data as skimage_data
 
-from conftest import output_dir, remove_outputs, run_exp
+from conftest import output_dir, run_exp
 from src.bench_extract import write_clip
 from src.features import extract_compare, extract_egemaps, extract_faces
 from src.features.aggregate import N_STATS, aggregate
@@ -137,8 +137,5 @@ def test_offline_features_run_an_experiment(tmp_path):
     pd.DataFrame({"filename": tests}).to_csv(dataset / "test_metadata.csv", index=False)
     faces(videos, dataset / "features" / "faces.npz")
     extract_egemaps.main(["--videos", str(videos), "--out", str(dataset / "features" / "egemaps.npz")])
-    try:
-        run_exp("exp020", dataset, "--smoke")
-        assert (output_dir("exp020", dataset) / "metrics.json").exists()
-    finally:
-        remove_outputs(dataset.name)
+    run_exp("exp020", dataset, "--smoke")
+    assert (output_dir("exp020", dataset, "--smoke") / "metrics.json").exists()

@@ -102,7 +102,7 @@ def test_missing_encoder_clips_are_masked_end_to_end(make_dataset):
     np.savez(root / "features" / "wavlm.npz", X=z["X"][40:], filenames=z["filenames"][40:])
     missing = set(z["filenames"][:40])
     run_exp("exp040", root, "--smoke", "--set", "data.allow_missing=true")
-    oof = pd.read_csv(output_dir("exp040", root) / "oof.csv")
+    oof = pd.read_csv(output_dir("exp040", root, "--smoke", "--set", "data.allow_missing=true") / "oof.csv")
     lacking = oof["filename"].isin(missing)
     assert lacking.sum() == 40 and (oof.loc[lacking, "gate_wavlm"] == 0).all()
     assert (oof.loc[~lacking, "gate_wavlm"] > 0).any()

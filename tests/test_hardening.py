@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from conftest import ROOT, output_dir, run_cli, run_script
+from conftest import ROOT, output_dir, run_cli, run_script, submissions_dir
 from src import checks, config, leaderboard, submission, synth
 from src.errors import UserError
-from src.experiments import SUBMISSIONS, resolve
+from src.experiments import resolve, submissions_root
 from src.io import WriteError, atomic_write
 from src.labels import CONFIGS
 from src.metric import score
 from src.score import read_submission, score_maps
-from src.train import standardize
+from src.train import fit_standardizer, standardize
 from test_metric import official_score
 
 
@@ -30,7 +30,7 @@ def run_inproc(exp: str, root, *args) -> str:
     """The real experiment entry point, in this process (fast): returns its one-line error."""
     from src.pipeline import run
     with pytest.raises(SystemExit) as exit_:
-        run(resolve(exp), ["--input", str(root), "--quiet", "--set", "train.num_threads=1", *map(str, args)])
+        run(resolve(exp), ["--input", str(root), "--quiet", *map(str, args)])  # no --set: it would make a variant
     assert exit_.value.code == 2
     return exit_.value
 
@@ -43,7 +43,7 @@ def one_line_error(capsys) -> str:
 
 def assert_nothing_written(exp: str, root) -> None:
     assert not output_dir(exp, root).exists()
-    assert not (SUBMISSIONS / root.name).exists()
+    assert not (submissions_dir(root)).exists()
 
 
 # ---- the feature files --------------------------------------------------------------------------------
@@ -231,7 +231,8 @@ def test_integer_X_bytes_filenames_and_constant_features_are_accepted(make_datas
     # a constant feature standardises to 0
     X = ds.features["wavlm"].copy()
     X[:, 0] = 7.0
-    z = standardize(X, np.arange(ds.n_train), ds.present["wavlm"])
+    present = ds.present["wavlm"]
+    z = standardize(X, present, *fit_standardizer(X, np.arange(ds.n_train), present))
     assert np.isfinite(z).all() and not z[:, 0].any()
 
 
@@ -240,7 +241,7 @@ def test_integer_X_bytes_filenames_and_constant_features_are_accepted(make_datas
                                   "submissions_folder_read_only"])  # UNWRITABLE
 def test_unwritable_output_fails_before_training(case, make_dataset, capsys):
     root = make_dataset()
-    target = (SUBMISSIONS if case.startswith("submissions") else output_dir("exp020", root).parent) / root.name
+    target = (submissions_root() if case.startswith("submissions") else output_dir("exp020", root).parent) / root.name
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         if case.endswith("read_only"):
@@ -253,7 +254,7 @@ def test_unwritable_output_fails_before_training(case, make_dataset, capsys):
         run_inproc("exp020", root)
         err = one_line_error(capsys)
         assert f"cannot write {target}" in err and "before training" in err, err
-        for folder in (output_dir("exp020", root), SUBMISSIONS / root.name):
+        for folder in (output_dir("exp020", root), submissions_dir(root)):
             assert not folder.is_dir() or not any(folder.iterdir())
     finally:
         if target.is_dir():
@@ -267,7 +268,7 @@ def test_late_write_failure_keeps_folds_and_a_rerun_finishes(make_dataset, capsy
     """The submissions folder turns unwritable after the preflight: one line saying how to finish; a rerun
     with a writable folder writes the submission from the finished folds, without retraining."""
     root = make_dataset()
-    target = SUBMISSIONS / root.name
+    target = submissions_dir(root)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("")
     try:
@@ -279,11 +280,11 @@ def test_late_write_failure_keeps_folds_and_a_rerun_finishes(make_dataset, capsy
             "folder to write the submission from the finished folds" in err, err
     finally:
         target.unlink()
-    folds = sorted(output_dir("exp000", root).glob("folds/*/*.npz"))
+    folds = sorted(output_dir("exp000", root).glob("runs/*/folds/*/*.npz"))
     assert folds
     stamps = [p.stat().st_mtime_ns for p in folds]
     from src.pipeline import run
-    run(resolve("exp000"), ["--input", str(root), "--quiet", "--set", "train.num_threads=1"])
+    run(resolve("exp000"), ["--input", str(root), "--quiet"])
     assert (target / "exp000_trivial.zip").is_file()
     assert [p.stat().st_mtime_ns for p in folds] == stamps  # resumed, not retrained
     assert "(resuming finished folds)" in (output_dir("exp000", root) / "log.txt").read_text()
@@ -476,14 +477,14 @@ def test_report_claims_only_the_figures_it_wrote(n_figures, tmp_path, monkeypatc
     from src import report
     out = tmp_path / "exp" / "ensembles" / "ens" / "output" / "tiny"
 
-    def write_report(exp_dir, input_dir):  # what write_report leaves when every figure (or two) was drawn
+    def write_report(exp_dir, input_dir, variant=None):  # what write_report leaves when every figure (or two) was drawn
         (out / "figures").mkdir(parents=True)
         for i in range(n_figures):
             (out / "figures" / f"f{i}.png").write_bytes(b"png")
         (out / "report.md").write_text("# report\n")
         return out / "report.md"
     monkeypatch.setattr(report, "write_report", write_report)
-    monkeypatch.setattr(report, "resolve_folder", lambda name: tmp_path)
+    monkeypatch.setattr(report, "resolve_folder", lambda name: (tmp_path, None))
     report.main(["exp/ensembles/ens"])
     said = capsys.readouterr().out.strip()
     assert ("figures" not in said and "every figure skipped" in said) if n_figures == 0 \

@@ -1,17 +1,23 @@
-"""End to end on tiny synthetic data: smoke runs to a valid submission, resume, determinism."""
+"""End to end on tiny synthetic data: smoke runs to a valid submission, variants side by side, the fingerprint,
+resume, determinism, honest early stopping and sub-run choice, predict from checkpoints."""
+import hashlib
 import json
+import shutil
 import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from conftest import ROOT, output_dir, run_exp, run_script
-from src import config
+from conftest import ROOT, TEMPLATE, output_dir, run_cli, run_exp, run_script, submissions_dir
+from src import config, data
 from src.experiments import resolve
 from src.labels import EMOTIONS
+from src.leaderboard import collect
+from src.pipeline import choose_per_fold
+from src.train import fit_fold, inner_split
 
-TEMPLATE = ROOT.parent / "shared" / "data" / "submission_template.json"
 FUSION_EXPERIMENTS = ["exp030", "exp040", "exp041", "exp042", "exp043", "exp044", "exp045", "exp046", "exp047"]
 
 
@@ -35,7 +41,8 @@ def check_official_format(sub: dict, keys) -> None:
 @pytest.mark.parametrize("exp_id", ["exp000", "exp010", "exp020", "exp021"])
 def test_smoke_runs_to_a_valid_submission(shared_dataset, exp_id):
     run_exp(exp_id, shared_dataset, "--smoke")
-    out = output_dir(exp_id, shared_dataset)
+    out = output_dir(exp_id, shared_dataset, "--smoke")
+    assert out.name == f"{shared_dataset.name}@smoke"
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"acc_presence", "acc_salience", "score"} <= set(metrics["oof"]) and "test" in metrics
     assert len(metrics["folds"]) == 3 and 0 <= metrics["oof"]["score"] <= 1
@@ -44,8 +51,8 @@ def test_smoke_runs_to_a_valid_submission(shared_dataset, exp_id):
     assert oof["filename"].is_monotonic_increasing and len(test) == 108
     for f in ("config.resolved.yaml", "log.txt"):
         assert (out / f).is_file()
-    sub_dir = ROOT / "submissions" / shared_dataset.name
-    name = out.parent.parent.name
+    name = f"{resolve(exp_id).name}@smoke"
+    sub_dir = submissions_dir(shared_dataset)
     sub = json.loads((sub_dir / f"{name}.json").read_text())
     template_keys = json.loads((shared_dataset / "submission_template.json").read_text())["predictions"]
     check_official_format(sub, template_keys)
@@ -57,16 +64,21 @@ def test_smoke_runs_to_a_valid_submission(shared_dataset, exp_id):
     assert {k: round(v, 6) for k, v in scored.items()} == metrics["test"]
     csv_scored = json.loads(run_script("src/score.py", sub_dir / f"{name}.csv", shared_dataset / "test_labels.csv").stdout)
     assert csv_scored == scored
-    if exp_id == "exp010":
-        assert set(metrics["per_encoder"]) == set(p.stem for p in (shared_dataset / "features").glob("*.npz"))
-        assert (out / "per_encoder" / "wavlm" / "oof.csv").is_file()
-        assert metrics["best_encoder"] in metrics["per_encoder"]
+    if exp_id in ("exp000", "exp010"):
+        group = "per_baseline" if exp_id == "exp000" else "per_encoder"
+        if exp_id == "exp010":
+            assert set(metrics[group]) == set(p.stem for p in (shared_dataset / "features").glob("*.npz"))
+            assert (out / group / "wavlm" / "oof.csv").is_file()
+        # nested: each fold's sub-run chosen on the other folds; the in-sample choice is shown beside it
+        assert set(metrics["chosen_per_fold"]) == {"0", "1", "2"} and metrics["choice_for_test"] in metrics[group]
+        assert metrics["oof_choice_in_sample"] == metrics[group][metrics["choice_for_test"]]["oof"]
+        assert [f["sub_run"] for f in metrics["decoder"]["per_fold"]] == list(metrics["chosen_per_fold"].values())
 
 
 @pytest.mark.parametrize("exp_id", FUSION_EXPERIMENTS)
 def test_fusion_smoke_runs(shared_dataset, exp_id):
     run_exp(exp_id, shared_dataset, "--smoke")
-    out = output_dir(exp_id, shared_dataset)
+    out = output_dir(exp_id, shared_dataset, "--smoke")
     oof = pd.read_csv(out / "oof.csv")
     gates = oof.filter(like="gate_")
     assert gates.shape[1] == 7 and np.allclose(gates.sum(axis=1), 1, atol=1e-4)
@@ -75,6 +87,7 @@ def test_fusion_smoke_runs(shared_dataset, exp_id):
     if exp_id == "exp041":
         table = pd.read_csv(out / "per_top_n.csv")
         assert list(table["top_n"]) == list(range(1, 8)) and "oof_score_std" in table
+        assert metrics["best_top_n"] == metrics["choice_for_test"]
     if exp_id == "exp045":
         assert not oof.filter(like="presence_").shape[1] and metrics["decoder"]["head_weight"] is None
     else:
@@ -84,26 +97,177 @@ def test_fusion_smoke_runs(shared_dataset, exp_id):
         assert ((gates > 0).sum(axis=1) == top_n).all()  # exactly top_n encoders per clip
 
 
-def test_same_seed_same_oof_and_resume(make_dataset):
+def fold_file(out, name="fold0_seed0.npz"):
+    found = list(out.glob(f"runs/*/folds/{name}"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_same_seed_same_oof_resume_and_run_time(make_dataset):
     root = make_dataset()
     run_exp("exp040", root, "--smoke")
-    out = output_dir("exp040", root)
+    out = output_dir("exp040", root, "--smoke")
     first = (out / "oof.csv").read_bytes()
+    first_runtime = json.loads((out / "metrics.json").read_text())["runtime_s"]
     # a run killed after fold 0: later folds and the results are gone; the rerun trains only what is missing
-    fold0 = out / "folds" / "fold0_seed0.npz"
+    fold0 = fold_file(out)
     stamp = fold0.stat().st_mtime_ns
-    for f in ["folds/fold1_seed0.npz", "folds/fold2_seed0.npz", "oof.csv", "metrics.json"]:
-        (out / f).unlink()
+    for f in [fold_file(out, "fold1_seed0.npz"), fold_file(out, "fold2_seed0.npz"), out / "oof.csv", out / "metrics.json"]:
+        f.unlink()
     run_exp("exp040", root, "--smoke")
     assert fold0.stat().st_mtime_ns == stamp and (out / "oof.csv").read_bytes() == first
     log = (out / "log.txt").read_text()
     assert "resuming finished folds" in log and log.count("fold 0 seed 0: trained") == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["invocations"] == 2 and metrics["resumes"] == 1 and metrics["runtime_s"] > first_runtime
+    # per-epoch training loss in the log and metrics.json (2 smoke epochs); no inner split without early stopping
+    assert "model fold 1 seed 0 epoch 2: train loss" in log
+    history = metrics["history"]["model"]["fold1_seed0"]
+    assert len(history["train_loss"]) == 2 and "inner_loss" not in history
     # --force retrains everything and still gives the same bytes
     run_exp("exp040", root, "--smoke", "--force")
     assert fold0.stat().st_mtime_ns != stamp and (out / "oof.csv").read_bytes() == first
-    # a changed config starts clean
-    run_exp("exp040", root, "--smoke", "--set", "train.lr=0.003")
-    assert "resuming" not in (out / "log.txt").read_text()
+
+
+def tree_bytes(folder) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_variants_live_side_by_side(make_dataset):
+    """A full run, then --smoke, --set and --name runs of the same experiment: the full run is untouched."""
+    root = make_dataset()
+    run_exp("exp020", root)
+    full = output_dir("exp020", root)
+    sub_dir, name = submissions_dir(root), resolve("exp020").name
+    before = tree_bytes(full) | {f"sub/{k}": v for k, v in tree_bytes(sub_dir).items()}
+    variants = [("--smoke",), ("--smoke", "--set", "train.lr=0.003"), ("--set", "train.epochs=1"),
+                ("--set", "train.epochs=1", "--name", "one_epoch")]
+    for args in variants:
+        run_exp("exp020", root, *args)
+    after = tree_bytes(full) | {f"sub/{k}": v for k, v in tree_bytes(sub_dir).items() if k in
+                                {p.name for p in sub_dir.glob(f"{name}.*")}}
+    assert after == before
+    folders = {output_dir("exp020", root, *a).name for a in variants}
+    assert len(folders) == len(variants) and f"{root.name}@one_epoch" in folders
+    assert all((full.parent / f / "metrics.json").is_file() for f in folders)
+    subs = sorted(p.name for p in sub_dir.glob("*.json"))
+    assert len(subs) == 1 + len(variants) and f"{name}@smoke.json" in subs and f"{name}@one_epoch.json" in subs
+    # the leaderboard lists each variant as its own row; smoke runs only when asked
+    rows = set(collect(root)["name"])
+    assert rows == {name, f"{name}@one_epoch", f"{name}@{output_dir('exp020', root, *variants[2]).name.split('@')[1]}"}
+    assert f"{name}@smoke" in set(collect(root, smoke=True)["name"])
+    # the order of --set flags does not make another variant
+    a = output_dir("exp020", root, "--set", "train.lr=0.1", "--set", "train.epochs=2")
+    b = output_dir("exp020", root, "--set", "train.epochs=2", "--set", "train.lr=0.1")
+    assert a == b and a.name.startswith(f"{root.name}@set-")
+    # a changed config of the SAME variant starts fresh, says why, and a crash keeps the finished run
+    kept = tree_bytes(output_dir("exp020", root, "--name", "one_epoch"))
+    proc = run_exp("exp020", root, "--set", "train.epochs=1", "--set", "train.batch_size=0", "--name", "one_epoch",
+                   check=False)
+    assert proc.returncode != 0
+    now = tree_bytes(output_dir("exp020", root, "--name", "one_epoch"))
+    assert {k: v for k, v in now.items() if k in kept and k != "log.txt"} == \
+        {k: v for k, v in kept.items() if k != "log.txt"}
+    run_exp("exp020", root, "--set", "train.epochs=1", "--set", "train.lr=0.01", "--name", "one_epoch")
+    log = (output_dir("exp020", root, "--name", "one_epoch") / "log.txt").read_text()
+    assert "starting fresh" in log and "train.lr: 0.001 -> 0.01" in log
+    assert len(list((output_dir("exp020", root, "--name", "one_epoch") / "runs").iterdir())) == 1  # stale cache gone
+
+
+def test_code_or_data_change_retrains_and_says_what_changed(make_dataset, tmp_path):
+    """A copy of the repository (src/ and exp/) so that a line of src/ can be edited without touching the repo."""
+    repo = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__", "output", "figures_*")
+    shutil.copytree(ROOT / "src", repo / "src", ignore=ignore)
+    shutil.copytree(ROOT / "exp", repo / "exp", ignore=ignore)
+    root = make_dataset()
+    out = output_dir("exp020", root, "--smoke")  # same layout under the output root
+    run_exp("exp020", root, "--smoke", cwd=repo)
+    run_exp("exp020", root, "--smoke", cwd=repo)
+    log = (out / "log.txt").read_text()
+    assert log.count("resuming finished folds") == 1 and log.count("fold 0 seed 0: trained") == 1
+    # one feature value changed, same shapes
+    path = root / "features" / "wavlm.npz"
+    z = dict(np.load(path))
+    z["X"][3, 2] += 1.0
+    np.savez(path, **z)
+    run_exp("exp020", root, "--smoke", cwd=repo)
+    log = (out / "log.txt").read_text()
+    assert "data changed: features/wavlm.npz" in log and log.count("fold 0 seed 0: trained") == 2
+    # one line of src/
+    decode_py = repo / "src" / "decode.py"
+    decode_py.write_text(decode_py.read_text() + "\n# an edit\n")
+    run_exp("exp020", root, "--smoke", cwd=repo)
+    log = (out / "log.txt").read_text()
+    assert "code changed: src/decode.py" in log and "data changed" not in log.split("code changed")[-1]
+    assert log.count("fold 0 seed 0: trained") == 3
+
+
+def test_early_stopping_never_reads_the_scored_rows(shared_dataset):
+    """With early stopping on, permuting the validation fold's labels leaves every prediction bit-identical."""
+    cfg = config.load(resolve("exp030"), ["train.early_stopping=true", "train.epochs=4", "train.patience=1",
+                                          "train.seeds=1", "train.num_threads=1"])
+    ds = data.load(shared_dataset)
+    train_rows, valid_rows = ds.split(0)
+    fit = lambda: fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
+    valid_a, test_a, _, extras = fit()
+    assert len(extras["history"]["inner_loss"]) == len(extras["history"]["train_loss"]) >= 1
+    fit_rows, stop_rows = inner_split(ds, train_rows)
+    assert not set(ds.folds[stop_rows]) & set(ds.folds[valid_rows]) and not set(ds.actors[stop_rows]) & set(ds.actors[fit_rows])
+    labels = ds.labels.copy()
+    ds.labels = labels.copy()
+    ds.labels[valid_rows] = np.random.default_rng(0).permutation(labels[valid_rows])
+    assert (ds.labels[valid_rows] != labels[valid_rows]).any()
+    valid_b, test_b, _, _ = fit()
+    assert all(np.array_equal(valid_a[k], valid_b[k]) for k in valid_a)
+    assert all(np.array_equal(test_a[k], test_b[k]) for k in test_a)
+    # the inner split's labels do steer it (the check can fail)
+    ds.labels = labels.copy()
+    ds.labels[stop_rows] = np.random.default_rng(1).permutation(labels[stop_rows])
+    _, _, _, extras_c = fit()
+    assert extras_c["history"]["inner_loss"] != extras["history"]["inner_loss"]
+
+
+def test_sub_run_choice_for_a_fold_ignores_that_folds_labels():
+    """Sub-run A is perfect on fold 0 only, B is better elsewhere: fold 0 gets B, whatever fold 0's labels are."""
+    rng = np.random.default_rng(0)
+    folds = np.repeat([0, 1, 2], 60)
+    labels = rng.integers(0, 36, len(folds))
+    a, b = rng.integers(0, 36, len(folds)), labels.copy()
+    a[folds == 0] = labels[folds == 0]
+    b[folds == 0] = (labels[folds == 0] + 1) % 36
+    b[rng.random(len(folds)) < 0.3] = 0
+    choice = choose_per_fold({"A": a, "B": b}, labels, folds)
+    assert choice[0] == "B"  # an in-sample choice for fold 0 would take A
+    for k in (0, 1, 2):
+        permuted = labels.copy()
+        permuted[folds == k] = rng.permutation(labels[folds == k])
+        assert choose_per_fold({"A": a, "B": b}, permuted, folds)[k] == choice[k]
+    # the other folds' labels do decide it (the check can fail)
+    other = labels.copy()
+    other[folds != 0] = a[folds != 0]
+    assert choose_per_fold({"A": a, "B": b}, other, folds)[0] == "A"
+
+
+@pytest.mark.parametrize("exp_id", ["exp043", "exp021"])
+def test_predict_reproduces_a_runs_test_predictions(shared_dataset, exp_id):
+    """From the saved checkpoints alone (random selection, late fusion): the same test.csv and submission bytes."""
+    run_exp(exp_id, shared_dataset, "--smoke")
+    out = output_dir(exp_id, shared_dataset, "--smoke")
+    run_cli("src.predict", f"{exp_id}@smoke", "--input", shared_dataset)
+    assert (out / "predict" / shared_dataset.name / "test.csv").read_bytes() == (out / "test.csv").read_bytes()
+    name = f"{resolve(exp_id).name}@smoke"
+    sub = submissions_dir(shared_dataset)
+    assert (sub / f"{name}.predicted.json").read_bytes() == (sub / f"{name}.json").read_bytes()
+
+
+def test_predict_refuses_other_widths(shared_dataset, make_dataset):
+    run_exp("exp021", shared_dataset, "--smoke")
+    other = make_dataset(width_scale=0.5)
+    proc = run_cli("src.predict", "exp021@smoke", "--input", other, "--trained-on", shared_dataset.name,
+                   check=False)
+    assert proc.returncode == 2 and "width" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_set_and_unknown_experiment_fail_cleanly(shared_dataset):

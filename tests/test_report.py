@@ -6,18 +6,17 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from conftest import TINY, remove_outputs, run_exp, run_script
+from conftest import TINY, run_exp, run_script
 from src import synth
 from src.cka import cka_matrix, linear_cka
-from src.experiments import resolve
+from src.experiments import output_dir, resolve
 from src.leaderboard import collect, to_markdown
+from src.errors import UserError
 from src.metric import score
 from src.report import FIGURES, Run, Skip, modality, redecode_oof, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SWEEP_ENCODERS = "[openface,hubert]"  # the sweep trains one model per n: two encoders keep it to n = 1, 2
-# one torch thread: on a small shared machine the thread pool's start-up costs seconds per run, training ~0.3 s
-ONE_THREAD = ("--set", "train.num_threads=1")
 
 
 def hsic_cka(x, y):
@@ -55,19 +54,17 @@ def tiny(tmp_path_factory):
     """A tiny dataset and smoke outputs of a fusion model, its top-n sweep, an MLP and a nearest-decoder prior."""
     name = f"tiny_rep_{uuid.uuid4().hex[:8]}"
     path = synth.write(tmp_path_factory.mktemp("report") / name, seed=0, **TINY)
-    try:
-        run_exp("exp040", path, "--smoke", *ONE_THREAD)
-        run_exp("exp041", path, "--smoke", *ONE_THREAD, "--set", f"data.encoders={SWEEP_ENCODERS}")
-        run_exp("exp020", path, "--smoke", *ONE_THREAD)
-        run_exp("exp000", path, "--smoke")
-        yield path
-    finally:
-        remove_outputs(name)
+    run_exp("exp040", path, "--smoke")
+    # named 'smoke' so that exp040@smoke's report finds the sweep of its own variant
+    run_exp("exp041", path, "--smoke", "--set", f"data.encoders={SWEEP_ENCODERS}", "--name", "smoke")
+    run_exp("exp020", path, "--smoke")
+    run_exp("exp000", path, "--smoke")
+    return path
 
 
 @pytest.mark.parametrize("exp_id", ["exp040", "exp020", "exp000"])
 def test_redecode_reproduces_saved_oof_metrics(tiny, exp_id):
-    run = Run(resolve(exp_id), tiny)
+    run = Run(resolve(exp_id), tiny, "smoke")
     metrics = json.loads((run.out / "metrics.json").read_text())
     pred, true, folds = run.oof["pred"].to_numpy(), run.oof["label"].to_numpy(), run.oof["fold"].to_numpy()
     oof = score(pred, true)
@@ -77,7 +74,7 @@ def test_redecode_reproduces_saved_oof_metrics(tiny, exp_id):
 
 
 def test_redecode_refuses_a_decoder_that_oof_csv_cannot_reproduce(tiny):
-    run = Run(resolve("exp020"), tiny)
+    run = Run(resolve("exp020"), tiny, "smoke")
     expected_score = {"name": "threshold", "per_fold": [{"fold": 0, "name": "expected", "blend_share": 0.5}]}
     with pytest.raises(Skip, match="expected"):
         redecode_oof(run.oof, expected_score)
@@ -93,9 +90,9 @@ def check_png(path):
 
 
 def test_report_of_a_fusion_run_has_every_figure(tiny):
-    proc = run_script("src/report.py", "exp040", "--input", tiny)
+    proc = run_script("src/report.py", "exp040@smoke", "--input", tiny)
     assert proc.returncode == 0, proc.stderr
-    out = resolve("exp040") / "output" / tiny.name
+    out = output_dir(resolve("exp040"), tiny.name, "smoke")
     report = (out / "report.md").read_text()
     for name, title, _, _ in FIGURES:
         check_png(out / "figures" / f"{name}.png")
@@ -109,9 +106,10 @@ def test_report_of_a_fusion_run_has_every_figure(tiny):
 
 
 def test_report_skips_what_an_mlp_lacks(tiny):
-    path = write_report(resolve("exp020"), tiny)
+    path = write_report(resolve("exp020"), tiny, "smoke")
     report, figures = path.read_text(), path.parent / "figures"
     skipped = {"modality_importance", "selection_frequency", "fold_importance", "gate_distribution", "cka"}
+    assert "Training loss per fold" in report
     for name, _, _, _ in FIGURES:
         if name in skipped:
             assert not (figures / f"{name}.png").exists()
@@ -127,15 +125,20 @@ def test_report_without_outputs_is_a_one_line_error(tiny):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
     assert "bash run.sh exp045" in proc.stderr and tiny.name in proc.stderr
+    proc = run_script("src/report.py", "exp040", "--input", tiny)  # only its smoke variant exists
+    assert proc.returncode == 2 and "exp040_rank_topn has no outputs" in proc.stderr
 
 
 def test_leaderboard_ranks_every_output_of_the_dataset(tiny):
-    df = collect(tiny)
-    assert set(df["name"]) == {"exp000_trivial", "exp020_mlp_concat", "exp040_rank_topn", "exp041_topn_sweep"}
+    with pytest.raises(UserError, match="4 smoke runs left out"):
+        collect(tiny)  # smoke runs only when asked
+    df = collect(tiny, smoke=True)
+    assert set(df["name"]) == {"exp000_trivial@smoke", "exp020_mlp_concat@smoke", "exp040_rank_topn@smoke",
+                               "exp041_topn_sweep@smoke"}
     assert list(df["oof_score"]) == sorted(df["oof_score"], reverse=True)
     assert df["smoke"].all() and df["test_score"].notna().all()
-    row = df.set_index("name").loc["exp040_rank_topn"]
-    metrics = json.loads((resolve("exp040") / "output" / tiny.name / "metrics.json").read_text())
+    row = df.set_index("name").loc["exp040_rank_topn@smoke"]
+    metrics = json.loads((output_dir(resolve("exp040"), tiny.name, "smoke") / "metrics.json").read_text())
     assert row["oof_score"] == metrics["oof"]["score"] and row["test_score"] == metrics["test"]["score"]
     assert row["oof_score_fold_mean"] == pytest.approx(np.mean([f["score"] for f in metrics["folds"]]))
     assert row["n_folds"] == 3 and row["oof_n_seeds"] == 1 and row["oof_score_seed_std"] == 0.0
@@ -145,15 +148,15 @@ def test_leaderboard_ranks_every_output_of_the_dataset(tiny):
     assert len(table) == 2 + len(df)
     assert all(line.count("|") == table[0].count("|") for line in table)
     assert all(f"| {name} |" in markdown for name in df["name"])
-    proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown")
+    proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown", "--smoke")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == markdown
     # the README's results table: every figure as mean ± std over seeds
     seed_table = to_markdown(df, per_seed=True)
     presence = [s["oof"]["acc_presence"] for s in metrics["seeds"]]
-    line = next(line for line in seed_table.splitlines() if "| exp040_rank_topn |" in line)
+    line = next(line for line in seed_table.splitlines() if "| exp040_rank_topn@smoke |" in line)
     assert line.split(" | ")[2] == f"{np.mean(presence):.3f} ± {np.std(presence):.3f}"
-    proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown", "--per-seed", "--experiments-only")
+    proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown", "--per-seed", "--experiments-only", "--smoke")
     assert proc.returncode == 0 and proc.stdout == seed_table
 
 

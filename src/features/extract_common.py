@@ -25,8 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from src.errors import UserError
 from src.features.aggregate import write_features
 from src.io import atomic_write, write_json
+from src.labels import VIDEO_EXTENSIONS
 
-CLIP_SUFFIXES = (".mov", ".mp4", ".avi", ".mkv", ".webm")
+CLIP_SUFFIXES = VIDEO_EXTENSIONS
 # --no-pretrained weights are random; a fixed seed makes them the same in every run, so vectors cached
 # by an interrupted run match the ones a resumed run computes.
 WEIGHT_SEED = 0
@@ -122,15 +123,8 @@ def read_audio(path) -> np.ndarray:
 
 
 def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return device
+    from src.train import pick_device  # the one device picker, shared with training
+    return pick_device(name, "--device")
 
 
 def cache_dir(out: Path, settings: dict) -> Path:
