@@ -3,6 +3,7 @@
 #   bash run.sh exp042 [--input DIR] [--smoke] [--force] [--set key.path=value ...]
 #   bash run.sh test [pytest args]        bash run.sh bench [--full-size]
 #   bash run.sh ensemble exp040 exp042    bash run.sh extract video|audio [args]
+#   bash run.sh prepare DOWNLOAD_DIR [--out input/blemore] [--encoders a,b] [--allow-missing]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -24,7 +25,7 @@ install_requirements() {
   fi
 }
 
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage
 cmd="$1"; shift
@@ -40,6 +41,9 @@ case "$cmd" in
   ensemble)
     install_requirements requirements.txt
     exec "$PY" src/ensemble.py "$@" ;;
+  prepare)
+    install_requirements requirements.txt
+    exec "$PY" -m src.prepare "$@" ;;
   extract)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt
