@@ -35,6 +35,8 @@ class Model:
     shared_dim: int = 256
     fused_dim: int = 512
     gate_heads: int = 4
+    # encoders kept per clip: n >= 1 keeps n; n <= -1 keeps all but |n| (-1 = all but one, for any encoder
+    # count); all = soft gating over every encoder. The n used is logged and written as derived.top_n.
     top_n: Union[int, Literal["all"]] = "all"
     selection: Literal["learned", "random", "fixed"] = "learned"
     heads: Literal["two", "salience"] = "two"
@@ -80,6 +82,25 @@ class Config:
     train: Train = field(default_factory=Train)
     decoder: Decoder = field(default_factory=Decoder)
     adapt: Adapt = field(default_factory=Adapt)
+
+
+def resolve_top_n(top_n, n_encoders: int) -> int:
+    """model.top_n -> the number of encoders a clip keeps on a dataset with n_encoders encoders."""
+    n = n_encoders if top_n == "all" else top_n if top_n > 0 else n_encoders + top_n
+    if top_n == 0 or n < 1:
+        raise UserError(f"model.top_n: {top_n} keeps no encoder of {n_encoders} (use n >= 1, all, or -k for all but k)")
+    return min(n, n_encoders)
+
+
+def describe_top_n(model: Model, n_encoders: int) -> str:
+    """One log line: the n used, or a warning when a top_n asks for a selection that selects nothing."""
+    if model.sweep_top_n:
+        return f"top_n: sweep over n = 1..{n_encoders}"
+    n = resolve_top_n(model.top_n, n_encoders)
+    if model.top_n != "all" and n == n_encoders:
+        return (f"[yellow]warning: model.top_n {model.top_n} keeps all {n_encoders} encoders, so selection selects "
+                f"nothing; -1 keeps all but one for any encoder count[/yellow]")
+    return f"top_n {model.top_n}: {n} of {n_encoders} encoders kept per clip ({model.selection} selection)"
 
 
 SMOKE = {"train": {"epochs": 2, "seeds": 1}}  # --smoke: the same pipeline on a tiny budget

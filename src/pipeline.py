@@ -78,8 +78,8 @@ def check_compatible(cfg, ds) -> None:
                         "can mask missing encoders")
     if m.name == "prior" and cfg.decoder.name != "nearest":
         raise UserError("model.name: prior predicts fixed labels; use decoder.name: nearest")
-    if m.name == "fusion" and m.top_n != "all" and m.top_n < 1:
-        raise UserError(f"model.top_n: {m.top_n} must be >= 1 or all")
+    if m.name == "fusion":
+        config_mod.resolve_top_n(m.top_n, len(ds.encoders))
     if len(ds.fold_ids) < 2:
         raise UserError(f"{ds.root / 'train_metadata.csv'}: needs at least 2 folds, found {ds.fold_ids}")
 
@@ -123,6 +123,8 @@ class Runner:
             "fold_seeds": {f"seed{s}": [self.cfg.seed + 100 * s + k for k in ds.fold_ids]
                            for s in range(self.cfg.train.seeds)},
         }
+        if self.cfg.model.name == "fusion" and not self.cfg.model.sweep_top_n:
+            cfg["derived"]["top_n"] = config_mod.resolve_top_n(self.cfg.model.top_n, len(ds.encoders))
         return cfg
 
     def prepare_output(self) -> bool:
@@ -270,6 +272,8 @@ class Runner:
         self.log(f"[bold]{self.exp_name}[/bold] on {ds.name}: {ds.n_train} train clips in {len(ds.fold_ids)} folds, "
                  f"{len(ds.test_files)} test clips, encoders {', '.join(ds.encoders)}; device {self.device}"
                  + (" (resuming finished folds)" if resume else "") + (" [smoke]" if cfg.smoke else ""))
+        if cfg.model.name == "fusion":
+            self.log(config_mod.describe_top_n(cfg.model, len(ds.encoders)))
         if self.device.type == "cuda":
             self.log("note: on CUDA some kernels are nondeterministic; the last digits of OOF files may vary")
         group, subs = sub_runs(cfg, ds)

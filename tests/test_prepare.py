@@ -66,6 +66,10 @@ def test_download_to_submission(download, out_dir):
     np.testing.assert_allclose(features(out_dir, "openface_3")[clip], aggregate(values[~np.isnan(values).any(1)]), rtol=1e-6)
 
     run_exp("exp042", out_dir, "--smoke")
+    # top_n -1 still selects with six encoders: 5 kept per clip, and the log says so
+    gates = pd.read_csv(output_dir("exp042", out_dir) / "oof.csv").filter(like="gate_")
+    assert gates.shape[1] == 6 and ((gates > 0).sum(axis=1) == 5).all()
+    assert "top_n -1: 5 of 6 encoders kept per clip" in (output_dir("exp042", out_dir) / "log.txt").read_text()
     sub = json.loads((ROOT / "submissions" / out_dir.name / "exp042_rank_topn_coral.json").read_text())
     assert set(sub["predictions"]) == set(template)
     metrics = json.loads((output_dir("exp042", out_dir) / "metrics.json").read_text())
