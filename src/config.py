@@ -54,6 +54,9 @@ class Train:
     schedule: Literal["constant", "cosine"] = "constant"
     seeds: int = 1  # models per fold, averaged; fold k of seed s uses seed + 100 * s + k
     early_stopping: bool = False  # on validation LOSS only, never on the decoded score
+    # valid_fold_score: predictions after every epoch are kept and the epoch is picked by the decoded score,
+    # per fold as decoder.fit says (exp011 reproduces the organisers' protocol; never the default)
+    epoch_selection: Literal["fixed", "valid_fold_score"] = "fixed"
     patience: int = 5
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0  # 0: all cores
@@ -64,6 +67,9 @@ class Decoder:
     name: Literal["threshold", "nearest"] = "threshold"
     grid: int = 20  # points per axis over 0.05..0.95, as the organisers' 20 x 20
     head_weights: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    # cross_fit: fold k decoded with thresholds fitted on the other folds (honest). per_fold_in_sample: on
+    # fold k's own rows, the organisers' optimistic protocol; metrics.json then holds both (`protocols`)
+    fit: Literal["cross_fit", "per_fold_in_sample"] = "cross_fit"
 
 
 @dataclass(frozen=True)

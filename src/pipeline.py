@@ -201,8 +201,8 @@ class Runner:
             oof_pred, test_pred = nearest(oof["prob"]), nearest(test["prob"])
             insample = oof_pred
         else:
-            oof_pred, per_fold, params = decode.cross_fit(oof, ds.labels, ds.folds, dc.grid, dc.head_weights)
-            params = {"name": "threshold", **params, "per_fold": per_fold}
+            oof, test, oof_pred, per_fold, params, extra = decode.fit_oof(oof, test, ds.labels, ds.folds, dc)
+            params = {"name": "threshold", **params, "per_fold": per_fold, **extra}
             test_pred = decode.apply_decoder(test, params)
             insample = decode.apply_decoder(oof, params)
         weight = params.get("head_weight")
@@ -222,6 +222,8 @@ class Runner:
                    "oof_thresholds_in_sample": trim(score(insample, ds.labels)),
                    "folds": decode.fold_scores(oof_pred, ds.labels, ds.folds),
                    "decoder": params, "seeds": seeds}
+        if "protocols" in params:  # decoder.fit / train.epoch_selection: both protocols, side by side
+            metrics["protocols"] = params.pop("protocols")
         return {"oof": oof, "test": test, "oof_pred": oof_pred, "test_pred": test_pred,
                 "oof_prob": oof_prob, "test_prob": test_prob, "metrics": metrics}
 
@@ -312,7 +314,7 @@ class Runner:
             for name, res in evaluated.items():
                 if res is not final:
                     self.score_test(res)
-                final["metrics"][group][name] = {**{k: res["metrics"][k] for k in ("oof", "test") if k in res["metrics"]},
+                final["metrics"][group][name] = {**{k: res["metrics"][k] for k in ("oof", "test", "protocols") if k in res["metrics"]},
                                                  "seed_spread": seed_spread(res["metrics"]["seeds"])}
             write_csv(self.out / f"{group}.csv", group_table(final["metrics"][group], group))
         metrics = {**final["metrics"], "runtime_s": round(time.time() - self.started, 1), "smoke": cfg.smoke}
@@ -339,10 +341,14 @@ class Runner:
         if dec["name"] == "threshold":
             self.log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']} "
                      f"(fitted on all OOF, used for test); OOF above uses per-fold refits on the other folds")
+        if "protocols" in metrics:
+            self.log(decode.describe_protocols(metrics["protocols"]))
         if group is not None and group in metrics:
             for name, m in metrics[group].items():
                 self.log(f"  {group} {name}: OOF score {m['oof']['score']:.4f}"
                          + (f", test {m['test']['score']:.4f}" if "test" in m else ""))
+                if "protocols" in m:
+                    self.log("    " + decode.describe_protocols(m["protocols"]).replace("\n", "\n    "))
 
 
 def seed_spread(seeds: list[dict]) -> dict:
