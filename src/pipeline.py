@@ -339,8 +339,11 @@ class Runner:
         self.log.console.print(table)
         dec = metrics["decoder"]
         if dec["name"] == "threshold":
-            self.log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']} "
-                     f"(fitted on all OOF, used for test); OOF above uses per-fold refits on the other folds")
+            in_sample = self.cfg.decoder.fit == "per_fold_in_sample"
+            self.log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']}"
+                     + (f", epoch {dec['epoch']}" if "epoch" in dec else "") + " (fitted on all OOF, used for test); "
+                     + ("OOF above fits each fold on its own rows (the organisers' optimistic protocol)" if in_sample
+                        else "OOF above uses per-fold refits on the other folds"))
         if "protocols" in metrics:
             self.log(decode.describe_protocols(metrics["protocols"]))
         if group is not None and group in metrics:
