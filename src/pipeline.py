@@ -80,6 +80,8 @@ def check_compatible(cfg, ds) -> None:
         raise UserError("model.name: prior predicts fixed labels; use decoder.name: nearest")
     if m.name == "fusion":
         config_mod.resolve_top_n(m.top_n, len(ds.encoders))
+    if cfg.train.epoch_selection == "valid_fold_score" and cfg.train.early_stopping:
+        raise UserError("train.epoch_selection: valid_fold_score needs every epoch; set train.early_stopping: false")
     if len(ds.fold_ids) < 2:
         raise UserError(f"{ds.root / 'train_metadata.csv'}: needs at least 2 folds, found {ds.fold_ids}")
 
