@@ -242,6 +242,7 @@ def prepare_series(enc: str, files: dict, clips: Clips, allow_missing: bool, pro
     check_missing(unusable, "have no frame without NaN")
     if not rows:
         raise UserError(f"encoder '{enc}': no usable clip")
+    X = acc.finish(X)
     frames = np.array(acc.frames)
     figures = {"source": "clip vectors" if acc.kind == "vector" else "series",
                "train": sum(i < clips.n_train for i in rows), "test": sum(i >= clips.n_train for i in rows),

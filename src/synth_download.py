@@ -76,7 +76,8 @@ def write(root: Path, seed: int = 0, full_size: bool = False, n_train_actors: in
     fold_of = {a: i % n_folds for i, a in enumerate(actors[:n_train_actors])}
     meta = root / "metadata"
     meta.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([metadata_row(c, fold_of[c.split("_")[0]]) for c in train_clips]).to_csv(meta / "train_metadata.csv", index=False)
+    train = pd.DataFrame([metadata_row(c, fold_of[c.split("_")[0]]) for c in train_clips])
+    train.to_csv(meta / "train_metadata.csv", index=False)
     test = pd.DataFrame([metadata_row(c, None) for c in test_clips])
     test["filename"] = [n + ".mov" if i % 2 else n for i, n in enumerate(test_names)]  # both spellings
     test["video_id"] = ""  # the actor is hidden on test

@@ -96,3 +96,12 @@ def test_importer_bad_clips_are_one_line(tmp_path, case, message):
     proc = run_cli("src.features.aggregate", "--src", src, "--out", out, check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "x.npz").exists()
+
+
+def test_one_frame_per_clip_is_a_clip_level_encoder(tmp_path):
+    """HiCMAE-style [1, 1, D] arrays: the clip's vector, not 7 blocks of which six repeat it or are zero."""
+    vectors = [np.arange(5, dtype=np.float32) + i for i in range(3)]
+    src = write_clips(tmp_path / "h", [v[None, None, :] for v in vectors])
+    run_cli("src.features.aggregate", "--src", src, "--out", tmp_path / "h.npz")
+    with np.load(tmp_path / "h.npz") as z:
+        assert z["X"].shape == (3, 5) and np.array_equal(z["X"][2], vectors[2])

@@ -136,9 +136,13 @@ def first(download, folder, suffix=".npy", index=0):
     return sorted((download / TRAIN / folder).glob(f"A1*{suffix}"))[index]  # A999 matches no clip
 
 
-def rewrite_csv(path, edit):
+def set_column(path, column, value):
+    """Rewrite one CSV column: None drops it, a function of the frame gives the new values."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    edit(frame)
+    if value is None:
+        frame.pop(column)
+    else:
+        frame[column] = value(frame) if callable(value) else value
     frame.to_csv(path, index=False)
 
 
@@ -150,15 +154,15 @@ BAD = {
                       "unreadable or corrupt array"),
     "width differs": (lambda d: np.save(first(d, "ImageBind_train", index=-1), np.zeros((3, 99), np.float32)),
                       "width 99 differs from 16"),
-    "1-D among 2-D": (lambda d: np.save(first(d, "ImageBind_train", index=-1), np.zeros(16, np.float32)), "mixes 1-D and 2-D clips"),
+    "1-D among 2-D": (lambda d: np.save(first(d, "ImageBind_train", index=-1), np.zeros(16, np.float32)),
+                      "mixes 1-D and 2-D clips"),
     "NaN in a series": (lambda d: np.save(first(d, "ImageBind_train"), np.full((3, 16), np.nan, np.float32)), "NaN/inf"),
-    "no action_units": (lambda d: rewrite_csv(first(d, "OpenFace_3_train", ".csv"), lambda f: f.pop("action_units")),
+    "no action_units": (lambda d: set_column(first(d, "OpenFace_3_train", ".csv"), "action_units", None),
                         "missing column 'action_units'"),
-    "action_units not a list": (lambda d: rewrite_csv(first(d, "OpenFace_3_train", ".csv"),
-                                                      lambda f: f.__setitem__("action_units", "[0.1, smile]")),
+    "action_units not a list": (lambda d: set_column(first(d, "OpenFace_3_train", ".csv"), "action_units", "[0.1, smile]"),
                                 "is not a list of numbers"),
-    "test clip not in template": (lambda d: rewrite_csv(d / "metadata" / "test_metadata.csv",
-                                                        lambda f: f.__setitem__("filename", ["test_9999"] + list(f["filename"][1:]))),
+    "test clip not in template": (lambda d: set_column(d / "metadata" / "test_metadata.csv", "filename",
+                                                       lambda f: ["test_9999"] + list(f["filename"][1:])),
                                   "test clip 'test_9999' is absent from submission_template.json"),
     "missing clip": (lambda d: first(d, "HiCMAE_train").unlink(), "encoder 'hicmae': 1 train and 0 test clips have no file"),
 }

@@ -2,8 +2,8 @@
 
     python -m src.features.aggregate --src DIR --out FILE.npz
 DIR holds one `.npy` (or single-array `.npz`) per clip, shape [T, D] or [T, 1, D] (frames or audio windows x
-encoder width). An encoder whose clips are all 1-D vectors [D] is clip-level and stored as is; `src.prepare`
-uses the same code for the organisers' download.
+encoder width). An encoder whose clips are all 1-D vectors [D] (or all [1, D]) is clip-level and stored as is;
+`src.prepare` uses the same code for the organisers' download.
 """
 from __future__ import annotations
 
@@ -85,6 +85,14 @@ class EncoderAccumulator:
         self.frames.append(1 if kind == "vector" else len(array))
         return array.astype(np.float32) if kind == "vector" else aggregate(array)
 
+    def finish(self, X: np.ndarray) -> np.ndarray:
+        """X float32 [N, 7 * D] -> [N, D] when every clip had one frame: a clip-level encoder saved as [1, D]
+        (its std block is 0 and the percentiles repeat the mean)."""
+        if self.kind == "series" and max(self.frames) == 1:
+            self.kind = "vector"
+            return X[:, :self.raw_width]
+        return X
+
     @property
     def stored_width(self) -> int | None:
         if self.kind is None:
@@ -110,9 +118,10 @@ def main(argv=None):
     if not files:
         raise UserError(f"{args.src}: no .npy time series found")
     acc = EncoderAccumulator(args.src.name)
-    vectors = [acc.add(f, load_array(f)) for f in files]
-    write_features(args.out, [f.stem for f in files], vectors)
-    what = "clip-level vectors stored as is" if acc.kind == "vector" else f"series of {min(acc.frames)}-{max(acc.frames)} frames aggregated"
+    X = acc.finish(np.stack([acc.add(f, load_array(f)) for f in files]))
+    write_features(args.out, [f.stem for f in files], X)
+    what = ("clip-level vectors stored as is" if acc.kind == "vector"
+            else f"series of {min(acc.frames)}-{max(acc.frames)} frames aggregated")
     print(f"wrote {args.out}: {len(files)} clips x {acc.stored_width} features ({what})")
 
 
