@@ -65,6 +65,15 @@ def find_one(found: list[Path], what: str, root: Path, required: bool = True) ->
     return found[0] if found else None
 
 
+def holds_template(path: Path) -> bool:
+    """A zip of any name holding submission_template.json, as the organisers' CodaBench template."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(TEMPLATE.search(Path(m).name) for m in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def scan(root: Path) -> Download:
     """Walk the download once and classify what it holds."""
     if not root.is_dir():
@@ -82,7 +91,7 @@ def scan(root: Path) -> Download:
                 train.append(path)
             elif TEST_META.search(name):
                 test.append(path)
-            elif TEMPLATE.search(name):
+            elif TEMPLATE.search(name) or (name.lower().endswith(".zip") and holds_template(path)):
                 template.append(path)
             elif STATIC.match(name):
                 static.setdefault(STATIC.match(name)["enc"].lower(), []).append(path)
@@ -96,6 +105,7 @@ def scan(root: Path) -> Download:
                     folders[enc].append(folder)
             elif enc:
                 stray[enc] = stray.get(enc, 0) + 1
+    template = [p for p in template if p.suffix.lower() == ".json"] or template  # the .json beside its .zip
     return Download(find_one(train, "train metadata", root), find_one(test, "test metadata", root),
                     find_one(template, "submission template", root, required=False), series, folders, static, stray)
 

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -111,6 +112,16 @@ def test_allow_missing_keeps_the_rest(download, out_dir):
     assert "A100_disg_int1_ver1" not in features(out_dir, "wavlm_large")
     assert face.stem not in features(out_dir, "openface_3") and len(features(out_dir, "openface_3")) == 95
     assert json.loads((out_dir / "prepare.json").read_text())["openface_3"]["missing"] == 1
+
+
+def test_template_inside_the_codabench_zip(download, out_dir):
+    template = download / "template" / "submission_template.json"
+    with zipfile.ZipFile(download / "template" / "BlEmoRe_template.zip", "w") as z:
+        z.writestr("submission_template.json", template.read_text())
+    template.unlink()
+    prepare(download, out_dir, "--encoders", "hicmae")
+    keys = json.loads((out_dir / "submission_template.json").read_text())["predictions"]
+    assert set(keys) == set(pd.read_csv(out_dir / "test_metadata.csv")["filename"]) and len(keys) == 24
 
 
 def test_organisers_static_features_are_used(download, out_dir, tmp_path):
