@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Entry point: bootstraps .venv from requirements*.txt, then runs an experiment, a tool, the tests or the benchmarks.
 #   bash run.sh exp042 [--input DIR] [--smoke] [--set key.path=value ...] [--name NAME] [--force]
+#   bash run.sh prepare DOWNLOAD_DIR [--out input/blemore] [--encoders a,b] [--allow-missing]
 #   bash run.sh predict exp042[@variant] --input DIR     bash run.sh report exp042[@variant] [--input DIR]
 #   bash run.sh ensemble exp040 exp042    bash run.sh leaderboard [--smoke]    bash run.sh score PRED LABELS
 #   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
@@ -28,7 +29,7 @@ install_requirements() {
   fi
 }
 
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage
 cmd="$1"; shift
@@ -46,7 +47,7 @@ case "$cmd" in
   ensemble|report|leaderboard|score)
     install_requirements requirements.txt
     exec "$PY" "src/$cmd.py" "$@" ;;
-  synth|predict)
+  synth|predict|prepare)
     install_requirements requirements.txt
     exec "$PY" -m "src.$cmd" "$@" ;;
   extract)

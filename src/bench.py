@@ -2,7 +2,8 @@
 
 (a) the vectorised threshold grid search against the organisers' per-clip loop on 2,456 clips;
 (b) wall time of experiments on the default dataset (and, with --full-size, exp042 on real widths);
-(c) the LightGBM ensemble of three members; (d) feature extraction throughput.
+(c) the LightGBM ensemble of three members; (d) feature extraction throughput;
+(e) with --prepare, `bash run.sh prepare` on a generated full-size copy of the organisers' download.
 Runs train in their own output and submission roots under .cache/bench/, never in a user's exp/*/output/.
 """
 from __future__ import annotations
@@ -107,6 +108,30 @@ def bench_full_size(seeds: int) -> dict:
     return {**res, "seeds": seeds, "generate_s": generate_s}
 
 
+def bench_prepare(seed: int = 0) -> dict:
+    """`python -m src.prepare` on a full-size generated download (3,050 clips, six encoders, real widths), twice:
+    the first run does everything, the second finds every encoder up to date."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from src import synth_download
+    with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
+        t0 = time.perf_counter()
+        download = synth_download.write(Path(tmp) / "download", seed=seed, full_size=True)
+        generate_s = time.perf_counter() - t0
+        size = sum(p.stat().st_size for p in download.rglob("*") if p.is_file())
+        walls = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "src.prepare", str(download), "--out", str(Path(tmp) / "out")],
+                           cwd=ROOT, check=True, capture_output=True)
+            walls.append(round(time.perf_counter() - t0, 1))
+        shutil.rmtree(download)
+    return {"prepare_full_size_s": walls[0], "rerun_up_to_date_s": walls[1], "clips": 3050,
+            "encoders": len(synth_download.ENCODERS), "download_gb": round(size / 1e9, 2), "generate_s": round(generate_s, 1)}
+
+
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,6 +139,7 @@ def main(argv=None):
     p.add_argument("--full-size-seeds", type=int, default=1, help="seeds for the full-size run (default 1)")
     p.add_argument("--skip-runs", action="store_true", help="only the grid-search benchmark")
     p.add_argument("--skip-extract", action="store_true", help="skip the feature-extraction benchmark")
+    p.add_argument("--prepare", action="store_true", help="also time `prepare` on a generated full-size download")
     args = p.parse_args(argv)
     # every run below (subprocesses inherit this) and the ensemble read/write the benchmark's own roots
     os.environ.update({"BLEMORE_OUTPUT_ROOT": str(BENCH_ROOT / "exp"), "BLEMORE_SUBMISSIONS": str(BENCH_ROOT / "submissions")})
@@ -129,6 +155,9 @@ def main(argv=None):
     if args.full_size:
         results["exp042_full_size"] = bench_full_size(args.full_size_seeds)
         print(json.dumps(results["exp042_full_size"]), flush=True)
+    if args.prepare:
+        results["prepare"] = bench_prepare()
+        print(json.dumps(results["prepare"]), flush=True)
     if not args.skip_extract:
         from src.bench_extract import run_benchmark as bench_extract
         results["extraction"] = bench_extract()

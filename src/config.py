@@ -18,13 +18,15 @@ from src.errors import UserError
 @dataclass(frozen=True)
 class Bounds:
     """The legal range of a config value: numbers (or each list item) within [low, high] (high excluded when
-    high_open); lists at least min_len long and without repeats when unique. `why` is added to the message."""
+    high_open), never 0 when nonzero; lists at least min_len long and without repeats when unique. `why` is
+    added to the message."""
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
     min_len: int = 0
     unique: bool = False
+    nonzero: bool = False
     why: str = ""
 
     def check(self, value, where: str) -> None:
@@ -42,6 +44,8 @@ class Bounds:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return  # a Literal alternative such as top_n: all
+        if self.nonzero and value == 0:
+            raise UserError(f"{where}: 0 is not allowed{why}")
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             limit = "must be above" if self.low_open else "is below the minimum"
             raise UserError(f"{where}: {value} {limit} {self.low}{why}")
@@ -59,6 +63,7 @@ def opt(default, bounds: Bounds | None = None):
 
 
 POSITIVE = Bounds(low=1)
+NONZERO = Bounds(nonzero=True, why="n >= 1 keeps n encoders, -k all but k, all every encoder")
 PROBABILITY = Bounds(low=0, high=1, high_open=True, why="a probability of 1 would drop everything")
 
 
@@ -83,7 +88,9 @@ class Model:
     shared_dim: int = opt(256, POSITIVE)
     fused_dim: int = opt(512, POSITIVE)
     gate_heads: int = opt(4, POSITIVE)  # must divide shared_dim (multi-head attention splits it)
-    top_n: Union[int, Literal["all"]] = opt("all", POSITIVE)  # at most the number of encoders (checked on load)
+    # encoders kept per clip: n >= 1 keeps n; n <= -1 keeps all but |n| (-1 = all but one, for any encoder
+    # count); all = soft gating over every encoder. The n used is logged and written as derived.top_n.
+    top_n: Union[int, Literal["all"]] = opt("all", NONZERO)  # |n| below the number of encoders (checked on load)
     selection: Literal["learned", "random", "fixed"] = "learned"
     heads: Literal["two", "salience"] = "two"
     encoder_dropout: float = opt(0.0, PROBABILITY)  # probability of hiding an encoder from a training clip
@@ -101,6 +108,9 @@ class Train:
     schedule: Literal["constant", "cosine"] = "constant"
     seeds: int = opt(1, POSITIVE)  # models per fold, averaged; fold k of seed s uses seed + 100 * s + k
     early_stopping: bool = False  # on the LOSS of an inner split of the training folds, never the scored rows
+    # valid_fold_score: predictions after every epoch are kept and the epoch is picked by the decoded score,
+    # per fold as decoder.fit says (exp011 reproduces the organisers' protocol; never the default)
+    epoch_selection: Literal["fixed", "valid_fold_score"] = "fixed"
     patience: int = opt(5, POSITIVE)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = opt(0, Bounds(low=0))  # 0: all cores
@@ -111,6 +121,9 @@ class Decoder:
     name: Literal["threshold", "nearest"] = "threshold"
     grid: int = opt(20, POSITIVE)  # points per axis over 0.05..0.95, as the organisers' 20 x 20
     head_weights: list[float] = opt([round(0.1 * i, 1) for i in range(11)], Bounds(low=0, high=1, min_len=1))
+    # cross_fit: fold k decoded with thresholds fitted on the other folds (honest). per_fold_in_sample: on
+    # fold k's own rows, the organisers' optimistic protocol; metrics.json then holds both (`protocols`)
+    fit: Literal["cross_fit", "per_fold_in_sample"] = "cross_fit"
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,25 @@ class Config:
     train: Train = field(default_factory=Train)
     decoder: Decoder = field(default_factory=Decoder)
     adapt: Adapt = field(default_factory=Adapt)
+
+
+def resolve_top_n(top_n, n_encoders: int) -> int:
+    """model.top_n -> the number of encoders a clip keeps on a dataset with n_encoders encoders."""
+    n = n_encoders if top_n == "all" else top_n if top_n > 0 else n_encoders + top_n
+    if top_n == 0 or n < 1:
+        raise UserError(f"model.top_n: {top_n} keeps no encoder of {n_encoders} (use n >= 1, all, or -k for all but k)")
+    return min(n, n_encoders)
+
+
+def describe_top_n(model: Model, n_encoders: int) -> str:
+    """One log line: the n used, or a warning when a top_n asks for a selection that selects nothing."""
+    if model.sweep_top_n:
+        return f"top_n: sweep over n = 1..{n_encoders}"
+    n = resolve_top_n(model.top_n, n_encoders)
+    if model.top_n != "all" and n == n_encoders:
+        return (f"[yellow]warning: model.top_n {model.top_n} keeps all {n_encoders} encoders, so selection selects "
+                f"nothing; -1 keeps all but one for any encoder count[/yellow]")
+    return f"top_n {model.top_n}: {n} of {n_encoders} encoders kept per clip ({model.selection} selection)"
 
 
 SMOKE = {"train": {"epochs": 2, "seeds": 1}}  # --smoke: the same pipeline on a tiny budget

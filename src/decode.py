@@ -110,16 +110,18 @@ def take(parts: dict, rows) -> dict:
     return {k: v[rows] for k, v in parts.items()}
 
 
-def cross_fit(parts: dict, true: np.ndarray, folds: np.ndarray, points: int, head_weights):
+def cross_fit(parts: dict, true: np.ndarray, folds: np.ndarray, points: int, head_weights, in_sample: bool = False):
     """Honest OOF decoding: fold k is decoded with parameters fitted on the other folds' OOF rows.
 
+    in_sample=True fits fold k's parameters on fold k's own rows instead: the organisers' optimistic protocol.
     Returns (pred int [N], per-fold parameter list, parameters fitted on all rows for the test set).
     """
     pred = np.empty(len(true), dtype=int)
     per_fold = []
     for k in np.unique(folds):
         inside = folds == k
-        params = fit_decoder(take(parts, ~inside), true[~inside], points, head_weights)
+        fit_rows = inside if in_sample else ~inside
+        params = fit_decoder(take(parts, fit_rows), true[fit_rows], points, head_weights)
         pred[inside] = apply_decoder(take(parts, inside), params)
         per_fold.append({"fold": int(k), **params})
     return pred, per_fold, fit_decoder(parts, true, points, head_weights)
@@ -128,6 +130,94 @@ def cross_fit(parts: dict, true: np.ndarray, folds: np.ndarray, points: int, hea
 def nearest(prob: np.ndarray) -> np.ndarray:
     """The configuration whose salience vector is closest to each probability vector: float [N, 6] -> int [N]."""
     return np.argmin(((prob[:, None, :] - SALIENCE[None]) ** 2).sum(-1), 1)
+EPOCHS = "epochs_"  # parts holding a prediction after every epoch: float [N, n_epochs, ...]
+
+
+def at_epoch(parts: dict, epoch: int, rows=slice(None)) -> dict:
+    """The per-epoch parts at one epoch (0-based) -> ordinary parts [len(rows), ...]."""
+    return {p[len(EPOCHS):]: v[rows, epoch] for p, v in parts.items() if p.startswith(EPOCHS)}
+
+
+def select_epochs(parts: dict, true: np.ndarray, folds: np.ndarray, points: int, head_weights, in_sample: bool):
+    """Per fold, the epoch and decoder with the best score (train.epoch_selection: valid_fold_score).
+
+    parts: epochs_<p> float [N, n_epochs, ...]. Fold k's epoch and thresholds are fitted on fold k's own rows
+    (in_sample, as the organisers did) or on the other folds' rows (honest). Returns (parts at each row's
+    chosen epoch, pred int [N], per-fold records with the 1-based epoch).
+    """
+    n_epochs = oof_epochs(parts)
+    chosen = {p: np.empty_like(v) for p, v in at_epoch(parts, 0).items()}
+    pred, per_fold = np.empty(len(true), dtype=int), []
+    for k in np.unique(folds):
+        inside = folds == k
+        fit_rows = inside if in_sample else ~inside
+        fits = [fit_decoder(at_epoch(parts, e, fit_rows), true[fit_rows], points, head_weights) for e in range(n_epochs)]
+        best = int(np.argmax([f["fit_score"] for f in fits]))  # the earliest of equal epochs
+        for p, v in at_epoch(parts, best, inside).items():
+            chosen[p][inside] = v
+        pred[inside] = apply_decoder(at_epoch(parts, best, inside), fits[best])
+        per_fold.append({"fold": int(k), "epoch": best + 1, **fits[best]})
+    return chosen, pred, per_fold
+
+
+def protocol_summary(pred: np.ndarray, true: np.ndarray, folds: np.ndarray, per_fold: list) -> dict:
+    """OOF figures plus the per-fold mean and std (population) of each figure, as the organisers report them."""
+    scores = [{**f, **s} for f, s in zip(per_fold, fold_scores(pred, true, folds))]
+    out = {"oof": {k: round(float(v), 6) for k, v in score(pred, true).items()}, "folds": scores}
+    for key in ("acc_presence", "acc_salience", "score"):
+        values = [s[key] for s in scores]
+        out[f"fold_{key}_mean"], out[f"fold_{key}_std"] = round(float(np.mean(values)), 6), round(float(np.std(values)), 6)
+    return out
+
+
+PROTOCOLS = {"organisers": True, "ours": False}  # name -> in_sample
+
+
+def fit_oof(oof: dict, test: dict, true: np.ndarray, folds: np.ndarray, dc):
+    """Decode OOF rows as the config says; returns (oof parts, test parts, pred [N], per-fold, test params, extra).
+
+    Default (decoder.fit: cross_fit, no per-epoch parts): `cross_fit`, extra = {}. With decoder.fit:
+    per_fold_in_sample or per-epoch parts (train.epoch_selection: valid_fold_score), both protocols are
+    scored and extra = {"protocols": {"organisers": .., "ours": ..}}; the config's one gives the returned
+    predictions. The test set gets the epoch and parameters that are best on all OOF rows (no test label read).
+    """
+    per_epoch = any(p.startswith(EPOCHS) for p in oof)
+    if not per_epoch and dc.fit == "cross_fit":
+        pred, per_fold, params = cross_fit(oof, true, folds, dc.grid, dc.head_weights)
+        return oof, test, pred, per_fold, params, {}
+    runs = {}
+    for name, in_sample in PROTOCOLS.items():
+        if per_epoch:
+            runs[name] = select_epochs(oof, true, folds, dc.grid, dc.head_weights, in_sample)
+        else:
+            runs[name] = (oof,) + cross_fit(oof, true, folds, dc.grid, dc.head_weights, in_sample)[:2]
+    if per_epoch:
+        fits = [fit_decoder(at_epoch(oof, e), true, dc.grid, dc.head_weights) for e in range(oof_epochs(oof))]
+        best = int(np.argmax([f["fit_score"] for f in fits]))
+        params = {"epoch": best + 1, **fits[best]}
+        keep = lambda parts: {p: v for p, v in parts.items() if not p.startswith(EPOCHS)}
+        test = {**keep(test), **at_epoch(test, best)}
+    else:
+        params = fit_decoder(oof, true, dc.grid, dc.head_weights)
+    chosen, pred, per_fold = runs["organisers" if dc.fit == "per_fold_in_sample" else "ours"]
+    oof = {**{p: v for p, v in oof.items() if not p.startswith(EPOCHS)}, **chosen}
+    protocols = {name: protocol_summary(p, true, folds, f) for name, (_, p, f) in runs.items()}
+    return oof, test, pred, per_fold, params, {"protocols": protocols}
+
+
+def oof_epochs(parts: dict) -> int:
+    return next(v for p, v in parts.items() if p.startswith(EPOCHS)).shape[1]
+
+
+def describe_protocols(protocols: dict) -> str:
+    """One line per protocol: per-fold mean +- std of ACC_presence and ACC_salience, and the OOF score."""
+    lines = []
+    for name, m in protocols.items():
+        what = "best epoch and thresholds on each fold's own rows" if PROTOCOLS[name] else "fitted on the other folds"
+        lines.append(f"{name} protocol ({what}): ACC_presence {m['fold_acc_presence_mean']:.3f} +- "
+                     f"{m['fold_acc_presence_std']:.3f}, ACC_salience {m['fold_acc_salience_mean']:.3f} +- "
+                     f"{m['fold_acc_salience_std']:.3f} over folds; OOF score {m['oof']['score']:.4f}")
+    return "\n".join(lines)
 
 
 def fold_scores(pred: np.ndarray, true: np.ndarray, folds: np.ndarray) -> list[dict]:

@@ -67,8 +67,13 @@ def check_compatible(cfg, ds) -> None:
                         "can mask missing encoders")
     if m.name == "prior" and cfg.decoder.name != "nearest":
         raise UserError("model.name: prior predicts fixed labels; use decoder.name: nearest")
-    if m.name == "fusion" and m.top_n != "all" and m.top_n < 1:
-        raise UserError(f"model.top_n: {m.top_n} must be >= 1 or all")
+    if m.name == "fusion":
+        config_mod.resolve_top_n(m.top_n, len(ds.encoders))
+    if cfg.train.epoch_selection == "valid_fold_score" and cfg.train.early_stopping:
+        raise UserError("train.epoch_selection: valid_fold_score needs every epoch; set train.early_stopping: false")
+    if cfg.train.epoch_selection == "valid_fold_score" and cfg.decoder.name != "threshold":
+        raise UserError("train.epoch_selection: valid_fold_score picks epochs by the decoded score; "
+                        "use decoder.name: threshold")
     if len(ds.fold_ids) < 2:
         raise UserError(f"{ds.root / 'train_metadata.csv'}: needs at least 2 folds, found {ds.fold_ids}")
 
@@ -113,6 +118,8 @@ def resolved_config(cfg, ds, exp_dir: Path, variant) -> dict:
         "encoders": ds.encoders, "widths": {e: int(ds.features[e].shape[1]) for e in ds.encoders},
         "fold_seeds": {f"seed{s}": [cfg.seed + 100 * s + k for k in ds.fold_ids] for s in range(cfg.train.seeds)},
     }
+    if cfg.model.name == "fusion" and not cfg.model.sweep_top_n:
+        out["derived"]["top_n"] = config_mod.resolve_top_n(cfg.model.top_n, len(ds.encoders))
     return out
 
 
@@ -271,23 +278,26 @@ def write_projections(plan: Plan, sub: SubRun) -> None:
 
 # ---- stage 3: decode -----------------------------------------------------------------------------------
 def decode_parts(oof: dict, test: dict, ds, dc) -> dict:
-    """Honest OOF predictions (thresholds refitted per fold on the other folds), test predictions, record."""
+    """Honest OOF predictions (thresholds refitted per fold on the other folds, unless decoder.fit says the
+    organisers' in-sample protocol), test predictions, decoder record, and the parts they were decoded from
+    (with train.epoch_selection, each fold's chosen epoch)."""
     if dc.name == "nearest":
         oof_pred = decode.nearest(oof["prob"])
         return {"oof_pred": oof_pred, "test_pred": decode.nearest(test["prob"]), "insample": oof_pred,
-                "decoder": {"name": "nearest"}, "oof_prob": oof["prob"], "test_prob": test["prob"]}
-    oof_pred, per_fold, params = decode.cross_fit(oof, ds.labels, ds.folds, dc.grid, dc.head_weights)
+                "decoder": {"name": "nearest"}, "oof_prob": oof["prob"], "test_prob": test["prob"],
+                "oof": oof, "test": test}
+    oof, test, oof_pred, per_fold, params, extra = decode.fit_oof(oof, test, ds.labels, ds.folds, dc)
     params = {"name": "threshold", **params, "per_fold": per_fold}
     w = params["head_weight"]
     return {"oof_pred": oof_pred, "test_pred": decode.apply_decoder(test, params),
             "insample": decode.apply_decoder(oof, params), "decoder": params,
-            "oof_prob": decode.probabilities(oof, w), "test_prob": decode.probabilities(test, w)}
+            "oof_prob": decode.probabilities(oof, w), "test_prob": decode.probabilities(test, w),
+            "oof": oof, "test": test} | extra  # extra: {"protocols": ...} when both protocols were scored
 
 
 def evaluate(per_seed, ds, dc) -> dict:
     """Seed-averaged parts decoded, plus each seed decoded on its own (for the spread over seeds)."""
-    oof, test = seed_mean(per_seed)
-    res = decode_parts(oof, test, ds, dc) | {"oof": oof, "test": test}
+    res = decode_parts(*seed_mean(per_seed), ds, dc)
     res["seed_preds"] = [(d["oof_pred"], d["test_pred"]) for d in (decode_parts(o, t, ds, dc) for o, t in per_seed)]
     return res
 
@@ -391,7 +401,8 @@ def scored(res: dict, ds) -> dict:
     return {"oof": trim(score(res["oof_pred"], ds.labels)),
             "oof_thresholds_in_sample": trim(score(res["insample"], ds.labels)),
             "folds": decode.fold_scores(res["oof_pred"], ds.labels, ds.folds), "decoder": res["decoder"],
-            "seeds": seeds} | ({"test": test[0]} if test is not None else {})
+            "seeds": seeds} | ({"test": test[0]} if test is not None else {}) \
+        | ({"protocols": res["protocols"]} if "protocols" in res else {})
 
 
 def write_run(plan: Plan, final: dict, evaluated: dict, extra: dict, group, histories: dict, clock: Clock) -> dict:
@@ -409,7 +420,8 @@ def write_run(plan: Plan, final: dict, evaluated: dict, extra: dict, group, hist
         metrics[group] = {}
         for name, res in evaluated.items():
             m = scored(res, ds)
-            metrics[group][name] = {k: m[k] for k in ("oof", "test") if k in m} | {"seed_spread": seed_spread(m["seeds"])}
+            metrics[group][name] = {k: m[k] for k in ("oof", "test", "protocols") if k in m} \
+                | {"seed_spread": seed_spread(m["seeds"])}
         write_csv(plan.out / f"{group}.csv", group_table(metrics[group], group))
     timing = clock.save()
     metrics |= {"history": histories, "runtime_s": timing["runtime_s"], "invocations": timing["invocations"],
@@ -433,7 +445,7 @@ def remove_stale(plan: Plan, log: Log) -> None:
         log(f"removed the superseded fold caches of this variant: {', '.join(p.name for p in stale)}", file_only=True)
 
 
-def show(log: Log, title: str, metrics: dict, group) -> None:
+def show(log: Log, title: str, metrics: dict, group, in_sample: bool = False) -> None:
     table = Table(title=title)
     for col in ("rows", "n", "ACC_presence", "ACC_salience", "score"):
         table.add_column(col, justify="right" if col != "rows" else "left")
@@ -446,8 +458,12 @@ def show(log: Log, title: str, metrics: dict, group) -> None:
     log.console.print(table)
     dec = metrics["decoder"]
     if dec["name"] == "threshold":
-        log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']} "
-            f"(fitted on all OOF, used for test); OOF above uses per-fold refits on the other folds")
+        log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']}"
+            + (f", epoch {dec['epoch']}" if "epoch" in dec else "") + " (fitted on all OOF, used for test); "
+            + ("OOF above fits each fold on its own rows (the organisers' optimistic protocol)" if in_sample
+               else "OOF above uses per-fold refits on the other folds"))
+    if "protocols" in metrics:
+        log(decode.describe_protocols(metrics["protocols"]))
     if "chosen_per_fold" in metrics:
         log(f"sub-run per fold, chosen on the other folds' OOF: {metrics['chosen_per_fold']}; for test: "
             f"{metrics['choice_for_test']} (its OOF {metrics['oof_choice_in_sample']['score']:.4f} is in-sample: "
@@ -456,6 +472,8 @@ def show(log: Log, title: str, metrics: dict, group) -> None:
         for name, m in metrics[group].items():
             log(f"  {group} {name}: OOF score {m['oof']['score']:.4f}"
                 + (f", test {m['test']['score']:.4f}" if "test" in m else ""))
+            if "protocols" in m:
+                log("    " + decode.describe_protocols(m["protocols"]).replace("\n", "\n    "))
 
 
 # ---- the whole run -------------------------------------------------------------------------------------
@@ -474,6 +492,8 @@ def run_plan(plan: Plan) -> Path:
     elif not resume and previous is not None:
         what = fingerprint.changes(previous, plan.record) or ["an earlier fold cache was incomplete"]
         log("starting fresh (previous results stay until this run finishes): " + "; ".join(what))
+    if cfg.model.name == "fusion":
+        log(config_mod.describe_top_n(cfg.model, len(ds.encoders)))
     if plan.device.type == "cuda":
         log("note: on CUDA some kernels are nondeterministic; the last digits of OOF files may vary")
     write_json(plan.run_dir / "fingerprint.json", plan.record)
@@ -489,7 +509,7 @@ def run_plan(plan: Plan) -> Path:
     final, evaluated, extra = decode_all(plan, results, combine)
     metrics = write_run(plan, final, evaluated, extra, group, histories, clock)
     remove_stale(plan, log)
-    show(log, f"{plan.name} on {ds.name}", metrics, group)
+    show(log, f"{plan.name} on {ds.name}", metrics, group, cfg.decoder.fit == "per_fold_in_sample")
     if metrics["resumes"]:
         log(f"run time {metrics['runtime_s']} s over {metrics['invocations']} invocations")
     if cfg.model.name == "fusion":  # the analysis figures, regenerable later with src/report.py

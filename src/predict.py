@@ -59,6 +59,9 @@ def predict_run(out: Path, input_dir: Path) -> tuple[dict, np.ndarray, data_mod.
     resolved = yaml.safe_load(resolved_path.read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     cfg, derived = config_mod.from_resolved(resolved), resolved["derived"]
+    if cfg.train.epoch_selection != "fixed":  # checkpoints hold the last epoch, not each fold's chosen one
+        raise UserError(f"{display_path(out)}: train.epoch_selection: {cfg.train.epoch_selection} picked an epoch "
+                        "per fold that the saved checkpoints do not hold; predict needs epoch_selection: fixed")
     ds = data_mod.load(input_dir, derived["encoders"], cfg.data.allow_missing)
     for enc, width in derived["widths"].items():
         if ds.features[enc].shape[1] != width:

@@ -29,6 +29,7 @@ from src import data as data_mod
 from src.cka import cka_matrix
 from src.decode import combine_heads, decode_thresholds, nearest
 from src.errors import UserError, cli
+from src.config import resolve_top_n
 from src.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve, resolve_run, run_name
 from src.io import atomic_write, write_text
 from src.labels import BLEND_RATIOS, CONFIGS, EMOTIONS, IS_BLEND
@@ -160,10 +161,12 @@ class Run:
         """Encoders kept per clip: the sweep's best n, the config's top_n, or all encoders."""
         if "best_top_n" in self.metrics:
             return int(self.metrics["best_top_n"])
+        if "top_n" in self.config.get("derived", {}):  # the n the run used (top_n: -k resolved)
+            return int(self.config["derived"]["top_n"])
         top_n = self.config.get("model", {}).get("top_n", "all")
         if top_n == "all":
             return len(self.encoders) or None
-        return min(int(top_n), len(self.encoders))
+        return resolve_top_n(int(top_n), len(self.encoders)) if self.encoders else None
 
     def groups(self) -> dict[str, list[int]]:
         """modality -> indices into self.encoders (only groups that have an encoder)."""

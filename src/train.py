@@ -101,12 +101,13 @@ def evaluate_loss(model, inp: FoldInputs, rows: np.ndarray, batch_size: int) -> 
 
 
 def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: torch.Generator,
-                target_rows: np.ndarray | None = None, stop_rows: np.ndarray | None = None):
+                target_rows: np.ndarray | None = None, stop_rows: np.ndarray | None = None, on_epoch=None):
     """AdamW/Adam over shuffled index batches; CORAL against target rows when adapt.coral_weight > 0.
 
     target_rows are unlabeled: only their features are read. stop_rows (an inner split of the training
-    folds, never the scored rows) stop training early on their LOSS. Returns (model, history):
-    history = {"train_loss": [per epoch], "inner_loss": [per epoch, with stop_rows], "best_epoch"}.
+    folds, never the scored rows) stop training early on their LOSS. on_epoch(model) runs after every epoch.
+    Returns (model, history): history = {"train_loss": [per epoch], "inner_loss": [per epoch, with
+    stop_rows], "best_epoch"}.
     """
     t = cfg.train
     device = inp.available.device
@@ -143,6 +144,8 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: 
         history["train_loss"].append(round(float(total) / len(train_rows), 6))
         if sched is not None:
             sched.step()
+        if on_epoch is not None:
+            on_epoch(model)
         if stop_rows is not None and len(stop_rows):
             val = evaluate_loss(model, inp, stop_rows, 512)
             history.setdefault("inner_loss", []).append(round(val, 6))
@@ -169,6 +172,22 @@ def predict(model, inp: FoldInputs, rows: np.ndarray, generator: torch.Generator
             for k, v in model.outputs(out).items():
                 parts.setdefault(k, []).append(v.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+class EpochPredictions:
+    """on_epoch callback for train.epoch_selection: valid_fold_score; parts() -> epochs_<p> float [n, n_epochs, 6]."""
+
+    def __init__(self, inp: FoldInputs, rows: dict, generator: torch.Generator):
+        self.inp, self.rows, self.generator = inp, rows, generator
+        self.seen = {split: [] for split in rows}
+
+    def __call__(self, model) -> None:
+        for split, rows in self.rows.items():
+            self.seen[split].append(predict(model, self.inp, rows, self.generator))
+
+    def parts(self, split: str) -> dict:
+        kept = [p for p in self.seen[split][0] if p in ("prob", "presence", "salience")]  # what decoding reads
+        return {f"epochs_{p}": np.stack([e[p] for e in self.seen[split]], 1) for p in kept}
 
 
 def prior_config(ds: Dataset, kind: str, train_rows: np.ndarray) -> int:
@@ -226,10 +245,15 @@ def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed
         extras["fixed_encoders"] = [encoders[i] for i in np.flatnonzero(fixed.numpy())]
         generator = seed_everything(seed + 7919)  # the retrained model starts from a fresh draw
     model = build_model(cfg, widths, fixed).to(device)
-    model, extras["history"] = train_model(model, inp, fit_rows, cfg, generator, target_rows, stop_rows)
+    epochs = EpochPredictions(inp, {"valid": valid_rows, "test": test_rows}, generator) \
+        if cfg.train.epoch_selection == "valid_fold_score" else None
+    model, extras["history"] = train_model(model, inp, fit_rows, cfg, generator, target_rows, stop_rows,
+                                           on_epoch=epochs)
     valid = predict(model, inp, valid_rows, generator)
     extras["generator_state"] = generator.get_state()  # random selection draws at test time continue from here
     test = predict(model, inp, test_rows, generator)
+    if epochs is not None:
+        valid, test = valid | epochs.parts("valid"), test | epochs.parts("test")
     if cfg.model.name == "fusion":
         with torch.no_grad():
             model.eval()

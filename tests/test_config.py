@@ -55,3 +55,15 @@ def test_experiment_ids_resolve_by_prefix():
         resolve("exp04")
     with pytest.raises(UserError, match="no experiment"):
         resolve("exp999")
+
+
+def test_top_n_keeps_its_meaning_for_any_encoder_count():
+    assert [config.resolve_top_n(-1, e) for e in (6, 7)] == [5, 6]
+    assert config.resolve_top_n(3, 7) == 3 and config.resolve_top_n(9, 7) == 7 and config.resolve_top_n("all", 4) == 4
+    for bad in (0, -7):
+        with pytest.raises(UserError, match="keeps no encoder of 7"):
+            config.resolve_top_n(bad, 7)
+    model = config.load(resolve("exp040")).model
+    assert "6 of 7 encoders" in config.describe_top_n(model, 7)
+    assert "selection selects nothing" in config.describe_top_n(config.Model(name="fusion", top_n=6), 6)
+    assert "selects nothing" not in config.describe_top_n(config.Model(name="fusion", top_n="all"), 6)

@@ -122,7 +122,7 @@ BEFORE_TRAINING = {
     "fused_dim_zero": ("exp040", None, ["model.fused_dim=0"], "model.fused_dim: 0 is below the minimum 1"),
     "gate_heads_zero": ("exp040", None, ["model.gate_heads=0"], "model.gate_heads: 0 is below the minimum 1"),
     "gate_heads_not_dividing": ("exp040", None, ["model.gate_heads=3"], "model.gate_heads: 3 does not divide model.shared_dim 256"),
-    "top_n_zero": ("exp040", None, ["model.top_n=0"], "model.top_n: 0 is below the minimum 1"),
+    "top_n_zero": ("exp040", None, ["model.top_n=0"], "model.top_n: 0 is not allowed (n >= 1 keeps n encoders, -k all but k, all every encoder)"),
     "top_n_above_encoders": ("exp040", None, ["model.top_n=9"], "model.top_n: 9 is more than the 7 encoders loaded"),
     "grid_zero": ("exp020", None, ["decoder.grid=0"], "decoder.grid: 0 is below the minimum 1"),
     "head_weights_empty": ("exp040", None, ["decoder.head_weights=[]"], "decoder.head_weights: needs at least 1 value"),

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from src.config import resolve_top_n
 from src.models.mlp import MLP
 
 
@@ -20,7 +21,7 @@ class FusionNet(nn.Module):
                  encoder_dropout: float = 0.0, fixed: torch.Tensor | None = None):
         super().__init__()
         n = len(widths)
-        self.top_n = n if top_n == "all" else min(int(top_n), n)
+        self.top_n = resolve_top_n(top_n, n)
         self.selection, self.heads, self.encoder_dropout = selection, heads, encoder_dropout
         self.projectors = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(w), nn.Linear(w, shared_dim), nn.GELU(), nn.Dropout(dropout)) for w in widths)
