@@ -26,10 +26,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from src import data as data_mod
+from src.config import resolve_top_n
 from src.cka import cka_matrix
 from src.decode import combine_heads, decode_thresholds, nearest
 from src.errors import UserError, cli
-from src.config import resolve_top_n
 from src.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve, resolve_run, run_name
 from src.io import atomic_write, write_text
 from src.labels import BLEND_RATIOS, CONFIGS, EMOTIONS, IS_BLEND
