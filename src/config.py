@@ -39,6 +39,11 @@ class Model:
     selection: Literal["learned", "random", "fixed"] = "learned"
     heads: Literal["two", "salience"] = "two"
     encoder_dropout: float = 0.0  # probability of hiding an encoder from a training clip
+    reattend: bool = False  # learned selection: fused weights from attention re-run within the kept encoders
+    rank_order: bool = False  # kept encoders get a learned embedding of their rank before fusion (exp048)
+    # random selection at prediction: 1 = one fixed draw per clip and seed; k > 1 = the mean over k fixed
+    # draws, a test-time ensemble of subsets (report it labelled as such, not as the control)
+    random_draws: int = 1
     sweep_top_n: bool = False  # one sub-run per n = 1..number of encoders (exp041)
 
 
@@ -62,6 +67,9 @@ class Decoder:
     name: Literal["threshold", "nearest"] = "threshold"
     grid: int = 20  # points per axis over 0.05..0.95, as the organisers' 20 x 20
     head_weights: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    # test rows: vote = each fold model's test output decoded with the parameters fitted without that fold
+    # (as its OOF rows were), then a vote; mean = the fold-averaged output decoded with the all-OOF parameters
+    test_scheme: Literal["vote", "mean"] = "vote"
 
 
 @dataclass(frozen=True)

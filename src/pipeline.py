@@ -154,7 +154,8 @@ class Runner:
                 if not path.is_file():
                     t0 = time.time()
                     valid, tst, state, extras = fit_fold(ds, cfg, encoders, train_rows, valid_rows,
-                                                         cfg.seed + 100 * s + k, self.device, prior)
+                                                         cfg.seed + 100 * s + k, self.device, prior,
+                                                         draw_seed=cfg.seed + 100 * s)
                     if state is not None:
                         atomic_write(self.out / "models" / sub / f"fold{k}_seed{s}.pt",
                                      lambda p, st=state: torch.save(st, p))
