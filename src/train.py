@@ -96,6 +96,9 @@ def row_draw(inp: FoldInputs, idx: torch.Tensor, k: int = 0):
 
 def prediction_draws(seed: int, n_rows: int, n_encoders: int, k: int, device) -> torch.Tensor:
     """float [k, n_rows, E]: the random control's priorities per dataset row, the same in every fold model of a seed."""
+    if k < 1:
+        from src.errors import UserError
+        raise UserError(f"model.random_draws: {k} must be >= 1")
     g = torch.Generator().manual_seed(stream_seed(seed, "prediction_draws"))
     return torch.rand((k, n_rows, n_encoders), generator=g).to(device)
 

@@ -109,3 +109,25 @@ def test_arms_at_one_seed_share_batch_order_and_initial_weights(arm, shared_data
     assert all(torch.equal(x, y) for x, y in zip(order_a, order_b))
     assert not torch.equal(order_a[0], order_a[1])  # epochs do reshuffle (the check can fail)
     assert all(torch.equal(v, init_b[k]) for k, v in init_a.items() if k != "fixed")
+
+
+def test_missing_clips_are_left_out_of_projection_coral_and_cka():
+    from src.cka import cka_matrix
+    from src.train import projection_coral
+    g = torch.Generator().manual_seed(0)
+    src_p, tgt_p = torch.randn(20, 3, 4, generator=g), torch.randn(20, 3, 4, generator=g)
+    ok_s, ok_t = torch.ones(20, 3, dtype=torch.bool), torch.ones(20, 3, dtype=torch.bool)
+    ok_s[:6, 1] = False
+    ok_t[10:, 2] = False
+    base = projection_coral(src_p, tgt_p, ok_s, ok_t)
+    junk_s, junk_t = src_p.clone(), tgt_p.clone()
+    junk_s[:6, 1] += 50 * torch.randn(6, 4)
+    junk_t[10:, 2] *= 30
+    assert torch.equal(base, projection_coral(junk_s, junk_t, ok_s, ok_t))
+    assert not torch.equal(base, projection_coral(junk_s, junk_t, torch.ones_like(ok_s), torch.ones_like(ok_t)))
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 5)), rng.normal(size=(40, 6))
+    b[:, :3] += a[:, :3]
+    with_gap = b.copy()
+    with_gap[:10] = np.nan
+    assert cka_matrix([a, with_gap])[0, 1] == pytest.approx(cka_matrix([a[10:], b[10:]])[0, 1])
