@@ -131,3 +131,32 @@ def test_missing_clips_are_left_out_of_projection_coral_and_cka():
     with_gap = b.copy()
     with_gap[:10] = np.nan
     assert cka_matrix([a, with_gap])[0, 1] == pytest.approx(cka_matrix([a[10:], b[10:]])[0, 1])
+
+
+def test_modalities_come_from_the_dataset_file(tmp_path):
+    from src.errors import UserError
+    assert data.read_modalities(tmp_path) == {}
+    (tmp_path / "encoders.csv").write_text("encoder,modality\nprosody,audio\nfacenet,video\nav_enc,both\n")
+    assert data.read_modalities(tmp_path) == {"prosody": "audio", "facenet": "video", "av_enc": "both"}
+    (tmp_path / "encoders.csv").write_text("encoder,modality\nprosody,sound\n")
+    with pytest.raises(UserError, match="encoders.csv: modality 'sound' of encoder 'prosody'"):
+        data.read_modalities(tmp_path)
+
+
+def test_selection_frequency_is_per_seed_then_averaged(tmp_path):
+    """Seed 0 keeps encoder 0 on rows 0-1, seed 1 on rows 2-3: 'any seed' would say 100%, per seed says 50%."""
+    from types import SimpleNamespace
+    import pandas as pd
+    from src.report import selection_frequency
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    g = {0: np.array([[1, 0], [1, 0], [0, 1], [0, 1]], float), 1: np.array([[0, 1], [0, 1], [1, 0], [1, 0]], float)}
+    for s, gate in g.items():
+        np.savez(folds / f"fold0_seed{s}.npz", valid_gate=gate[:2])
+        np.savez(folds / f"fold1_seed{s}.npz", valid_gate=gate[2:])
+    mean_gate = (g[0] + g[1]) / 2
+    run = SimpleNamespace(out=tmp_path, metrics={}, oof=pd.DataFrame({"x": range(4)}), n_seeds=2,
+                          encoders=["a", "b"], gates=mean_gate)
+    freq, spread, how = selection_frequency(run)
+    assert np.allclose(freq, [0.5, 0.5]) and np.allclose(spread, 0) and "per seed" in how
+    assert np.allclose((mean_gate > 0).mean(0), 1.0)  # what the seed-averaged gates would have said
