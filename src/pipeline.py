@@ -173,7 +173,7 @@ class Runner:
                         elif kind == "test":
                             test.setdefault(part, []).append(z[name])
                 progress.advance(task)
-            per_seed.append((oof, {p: np.mean(v, 0) for p, v in test.items()}))
+            per_seed.append((oof, {p: np.stack(v) for p, v in test.items()}))  # test parts [K folds, n_test, ...]
         return per_seed
 
     def collect_projections(self, subs) -> None:
@@ -197,14 +197,14 @@ class Runner:
         ds, dc = self.ds, self.cfg.decoder
         if dc.name == "nearest":
             params = {"name": "nearest"}
-            oof_pred, test_pred = nearest(oof["prob"]), nearest(test["prob"])
+            oof_pred, test_pred = nearest(oof["prob"]), nearest(test["prob"].mean(0))
             insample = oof_pred
         else:
             oof_pred, per_fold, params = decode.cross_fit(oof, ds.labels, ds.folds, dc.grid, dc.head_weights)
-            params = {"name": "threshold", **params, "per_fold": per_fold}
-            test_pred = decode.apply_decoder(test, params)
+            params = {"name": "threshold", **params, "per_fold": per_fold, "test_scheme": dc.test_scheme}
+            test_pred = decode.decode_test(test, params, per_fold, dc.test_scheme)
             insample = decode.apply_decoder(oof, params)
-        weight = params.get("head_weight")
+        weight, test = params.get("head_weight"), {p: v.mean(0) for p, v in test.items()}
         return oof_pred, test_pred, params, insample, decode.probabilities(oof, weight), decode.probabilities(test, weight)
 
     def evaluate(self, per_seed) -> dict:
@@ -213,6 +213,7 @@ class Runner:
         oof = {p: np.mean([s[0][p] for s in per_seed], 0) for p in per_seed[0][0]}
         test = {p: np.mean([s[1][p] for s in per_seed], 0) for p in per_seed[0][1]}
         oof_pred, test_pred, params, insample, oof_prob, test_prob = self.decode(oof, test)
+        test = {p: v.mean(0) for p, v in test.items()}  # mean over folds for test.csv
         seeds = []
         for i, (o, t) in enumerate(per_seed):
             s_oof, s_test, *_ = self.decode(o, t)
@@ -335,7 +336,7 @@ class Runner:
         dec = metrics["decoder"]
         if dec["name"] == "threshold":
             self.log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']} "
-                     f"(fitted on all OOF, used for test); OOF above uses per-fold refits on the other folds")
+                     f"(fitted on all OOF); OOF above uses per-fold refits on the other folds; test rows: {dec['test_scheme']}")
         if group is not None and group in metrics:
             for name, m in metrics[group].items():
                 self.log(f"  {group} {name}: OOF score {m['oof']['score']:.4f}"

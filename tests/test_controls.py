@@ -160,3 +160,22 @@ def test_selection_frequency_is_per_seed_then_averaged(tmp_path):
     freq, spread, how = selection_frequency(run)
     assert np.allclose(freq, [0.5, 0.5]) and np.allclose(spread, 0) and "per seed" in how
     assert np.allclose((mean_gate > 0).mean(0), 1.0)  # what the seed-averaged gates would have said
+
+
+def test_test_rows_are_decoded_per_fold_and_voted():
+    from src.decode import apply_decoder, decode_test
+    from src.labels import CONFIG_INDEX
+    # three fold models each call a different blend with anger; their mean is flat on the second emotion
+    probs = np.array([[[.6, 0, 0, .3, .05, .05]], [[.6, 0, 0, .05, .3, .05]], [[.6, 0, .3, 0, .05, .05]]])
+    strict, loose = {"alpha": .2, "beta": .2, "head_weight": None}, {"alpha": .5, "beta": .2, "head_weight": None}
+    per_fold = [strict, strict, loose]  # the third fold's decoder calls no blend on this clip
+    parts = {"prob": probs}
+    voted = decode_test(parts, strict, per_fold, "vote")
+    each = [apply_decoder({"prob": probs[k]}, p)[0] for k, p in enumerate(per_fold)]
+    assert each == [CONFIG_INDEX[frozenset({("ang", 70), ("hap", 30)})],
+                    CONFIG_INDEX[frozenset({("ang", 70), ("sad", 30)})], CONFIG_INDEX[frozenset({("ang", 100)})]]
+    # a three-way tie: the mean decoding (single anger, as the mean's second emotion is below alpha) breaks it
+    assert decode_test(parts, strict, per_fold, "mean")[0] == each[2] == voted[0]
+    probs[1] = probs[0]  # now two folds agree on ang 70 / hap 30: the vote follows them, not the mean
+    assert decode_test({"prob": probs}, strict, per_fold, "vote")[0] == each[0]
+    assert decode_test({"prob": probs}, strict, per_fold, "mean")[0] == apply_decoder({"prob": probs.mean(0)}, strict)[0]
