@@ -229,10 +229,9 @@ def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed
     extras = {}
     fixed = None
     if cfg.model.name == "fusion" and cfg.model.selection == "fixed":
-        # the control: pick the n encoders with the highest mean gate of a learned-selection model,
-        # trained and measured on this fold's training rows only
-        # the probe runs on its own copy of the streams: it is the learned arm's model at this seed, and the
-        # retrained control below starts from the same initial weights and batch order as that arm
+        # the control: pick the n encoders with the highest mean gate of a learned-selection model, trained
+        # and measured on this fold's training rows only. The probe runs on its own copy of the streams (it is
+        # the learned arm's model at this seed); the control below starts from the same weights and batch order.
         probe = init_model(cfg, widths, seed, device)
         probe.selection = "learned"
         train_model(probe, inp, train_rows, cfg, seed_everything(seed), target_rows, early)
