@@ -25,7 +25,20 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def cka_matrix(blocks: list[np.ndarray]) -> np.ndarray:
-    """blocks: E arrays float [N, D_e] over the same rows -> symmetric float [E, E] of pairwise linear CKA."""
+    """blocks: E arrays float [N, D_e] over the same rows -> symmetric float [E, E] of pairwise linear CKA.
+
+    A row with NaN in a block (the clip lacks that encoder) is left out of every pair with that block.
+    """
+    present = [np.isfinite(b).all(1) for b in blocks]
+    if not all(p.all() for p in present):
+        n = len(blocks)
+        out = np.empty((n, n))
+        for i in range(n):
+            for j in range(i, n):
+                both = present[i] & present[j]
+                pair = [blocks[i][both], blocks[j][both]]
+                out[i, j] = out[j, i] = cka_matrix(pair)[0, 1] if both.sum() > 1 else np.nan
+        return out
     centred = [_centred(b) for b in blocks]
     self_norms = [np.linalg.norm(c.T @ c) for c in centred]  # computed once, not once per pair
     n = len(blocks)

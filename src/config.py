@@ -94,6 +94,11 @@ class Model:
     selection: Literal["learned", "random", "fixed"] = "learned"
     heads: Literal["two", "salience"] = "two"
     encoder_dropout: float = opt(0.0, PROBABILITY)  # probability of hiding an encoder from a training clip
+    reattend: bool = False  # learned selection: fused weights from attention re-run within the kept encoders
+    rank_order: bool = False  # kept encoders get a learned embedding of their rank before fusion (exp048)
+    # random selection at prediction: 1 = one fixed draw per clip and seed; k > 1 = the mean over k fixed
+    # draws, a test-time ensemble of subsets (report it labelled as such, not as the control)
+    random_draws: int = opt(1, POSITIVE)
     sweep_top_n: bool = False  # one sub-run per n = 1..number of encoders (exp041)
 
 
@@ -124,6 +129,9 @@ class Decoder:
     # cross_fit: fold k decoded with thresholds fitted on the other folds (honest). per_fold_in_sample: on
     # fold k's own rows, the organisers' optimistic protocol; metrics.json then holds both (`protocols`)
     fit: Literal["cross_fit", "per_fold_in_sample"] = "cross_fit"
+    # test rows: vote = each fold model's test output decoded with the parameters fitted without that fold
+    # (as its OOF rows were), then a vote; mean = the fold-averaged output decoded with the all-OOF parameters
+    test_scheme: Literal["vote", "mean"] = "vote"
 
 
 @dataclass(frozen=True)

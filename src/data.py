@@ -235,6 +235,28 @@ def available_encoders(root: Path) -> list[str]:
     return sorted(names)
 
 
+MODALITIES = ("audio", "video", "both")
+
+
+def read_modalities(root: Path) -> dict[str, str]:
+    """Optional encoders.csv (columns encoder, modality: audio | video | both) -> {encoder: modality}; {} if absent."""
+    path = Path(root) / "encoders.csv"
+    if not path.is_file():
+        return {}
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in ("encoder", "modality") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column '{missing[0]}' (has: {', '.join(frame.columns)})")
+    bad = frame[~frame["modality"].isin(MODALITIES)]
+    if len(bad):
+        raise UserError(f"{path}: modality {bad['modality'].iloc[0]!r} of encoder '{bad['encoder'].iloc[0]}' "
+                        f"is not one of {', '.join(MODALITIES)}")
+    return dict(zip(frame["encoder"].astype(str), frame["modality"]))
+
+
 def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Dataset:
     """Read and validate a dataset folder; every problem is a one-line UserError naming file and problem."""
     root = Path(input_dir)

@@ -237,3 +237,28 @@ def decode_expected(config_probs: np.ndarray, blend_share: float) -> np.ndarray:
     if blend_share > 0:  # no true blends: the official scorer gives 0 salience credit
         gain = gain + probs * IS_BLEND[None, :] / blend_share
     return np.argmax(gain, axis=1)
+
+
+def decode_test(fold_parts: dict, params: dict, per_fold: list[dict], scheme: str) -> np.ndarray:
+    """Test rows decoded the way the OOF rows were -> configuration indices int [N].
+
+    fold_parts: arrays [K, N, ...], one slice per fold model (mean over seeds), in per_fold's fold order.
+    vote: slice k is decoded with the parameters fitted without fold k (its OOF rows' decoder, fed the same
+    kind of input: one fold model's output, not the flatter mean of K), then a vote per clip; ties go to the
+    mean scheme's decoding when it is among them, else to the lowest configuration index.
+    mean: the mean over folds decoded with the parameters fitted on all OOF rows.
+    """
+    mean_pred = apply_decoder({k: v.mean(0) for k, v in fold_parts.items()}, params)
+    if scheme == "mean":
+        return mean_pred
+    if scheme != "vote":
+        raise ValueError(f"decoder.test_scheme: unknown scheme {scheme!r}")
+    n_folds = len(per_fold)
+    if len(next(iter(fold_parts.values()))) != n_folds:
+        raise ValueError(f"decode_test: {len(next(iter(fold_parts.values())))} fold slices for {n_folds} folds")
+    votes = np.zeros((len(mean_pred), len(IS_BLEND)))
+    for k, fold_params in enumerate(per_fold):
+        pred = apply_decoder({name: v[k] for name, v in fold_parts.items()}, fold_params)
+        votes[np.arange(len(pred)), pred] += 1
+    votes[np.arange(len(mean_pred)), mean_pred] += 0.5  # less than one vote: only breaks ties
+    return np.argmax(votes, axis=1)

@@ -205,11 +205,12 @@ def train_folds(plan: Plan, log: Log, clock: Clock) -> None:
                 t0 = time.time()
                 train_rows, valid_rows = ds.split(k)
                 valid, test, state, extras = fit_fold(ds, sub.cfg, sub.encoders, train_rows, valid_rows,
-                                                      cfg.seed + 100 * s + k, plan.device, sub.prior)
+                                                      cfg.seed + 100 * s + k, plan.device, sub.prior,
+                                                      draw_seed=cfg.seed + 100 * s)
                 label = f"{sub.name or 'model'} fold {k} seed {s}"
                 checks.check_predictions({**valid, **test},  # NaN must stop the run, not reach a submission
                                          f"{label} ({', '.join(sub.encoders) or sub.prior})")
-                ckpt = {key: extras[key] for key in ("mean", "std", "widths", "generator_state", "prior_config")
+                ckpt = {key: extras[key] for key in ("mean", "std", "widths", "draw_seed", "n_rows", "prior_config")
                         if key in extras} | ({"state_dict": state} if state is not None else {})
                 atomic_write(fold_path(plan, sub, k, s, "models"), lambda p: torch.save(ckpt, p))
                 meta = {"seconds": round(time.time() - t0, 1), "history": extras.get("history"),
@@ -231,8 +232,14 @@ def mean_parts(parts: list[dict]) -> dict:
     return {p: np.mean([d[p] for d in parts], 0) for p in parts[0]}
 
 
+def stack_parts(parts: list[dict]) -> dict:
+    """Dicts of arrays -> one dict of arrays stacked on a new first axis (test parts: one slice per fold)."""
+    return {p: np.stack([d[p] for d in parts]) for p in parts[0]}
+
+
 def gather(plan: Plan, sub: SubRun) -> tuple[list[tuple[dict, dict]], dict]:
-    """Per seed (OOF parts [N_train, ...], test parts [N_test, ...]) of one sub-run, and its loss histories."""
+    """Per seed (OOF parts [N_train, ...], test parts per fold model [K, N_test, ...]) of one sub-run, and its
+    loss histories."""
     ds, per_seed, history = plan.ds, [], {}
     for s in range(n_seeds(plan.cfg, sub)):
         oof, tests = {}, []
@@ -244,7 +251,7 @@ def gather(plan: Plan, sub: SubRun) -> tuple[list[tuple[dict, dict]], dict]:
             tests.append(test)
             if meta.get("history"):
                 history[f"fold{k}_seed{s}"] = meta["history"]
-        per_seed.append((oof, mean_parts(tests)))
+        per_seed.append((oof, stack_parts(tests)))
     return per_seed, history
 
 
@@ -277,19 +284,27 @@ def write_projections(plan: Plan, sub: SubRun) -> None:
 
 
 # ---- stage 3: decode -----------------------------------------------------------------------------------
-def decode_parts(oof: dict, test: dict, ds, dc) -> dict:
+def decode_parts(oof: dict, test_folds: dict, ds, dc) -> dict:
     """Honest OOF predictions (thresholds refitted per fold on the other folds, unless decoder.fit says the
     organisers' in-sample protocol), test predictions, decoder record, and the parts they were decoded from
-    (with train.epoch_selection, each fold's chosen epoch)."""
+    (with train.epoch_selection, each fold's chosen epoch; test: the mean over fold models).
+
+    test_folds: test parts per fold model [K, N_test, ...]. decoder.test_scheme vote decodes each fold model's
+    test output with the thresholds fitted without that fold, as its OOF rows were, then votes.
+    """
+    test = {p: v.mean(0) for p, v in test_folds.items()}
     if dc.name == "nearest":
         oof_pred = decode.nearest(oof["prob"])
         return {"oof_pred": oof_pred, "test_pred": decode.nearest(test["prob"]), "insample": oof_pred,
                 "decoder": {"name": "nearest"}, "oof_prob": oof["prob"], "test_prob": test["prob"],
                 "oof": oof, "test": test}
     oof, test, oof_pred, per_fold, params, extra = decode.fit_oof(oof, test, ds.labels, ds.folds, dc)
-    params = {"name": "threshold", **params, "per_fold": per_fold}
+    # the organisers' protocols (extra) pick parameters per fold on other terms: their test gets the all-OOF fit
+    scheme = "mean" if extra else dc.test_scheme
+    params = {"name": "threshold", **params, "per_fold": per_fold, "test_scheme": scheme}
+    test_pred = decode.decode_test(test_folds, params, per_fold, scheme)
     w = params["head_weight"]
-    return {"oof_pred": oof_pred, "test_pred": decode.apply_decoder(test, params),
+    return {"oof_pred": oof_pred, "test_pred": test_pred,
             "insample": decode.apply_decoder(oof, params), "decoder": params,
             "oof_prob": decode.probabilities(oof, w), "test_prob": decode.probabilities(test, w),
             "oof": oof, "test": test} | extra  # extra: {"protocols": ...} when both protocols were scored
@@ -327,6 +342,8 @@ def compose(evaluated: dict[str, dict], choice: dict[int, str], best: str, ds) -
     res["seed_preds"] = [(pick(lambda r, i=i: r["seed_preds"][i][0]), t) for i, (_, t) in
                          enumerate(evaluated[best]["seed_preds"])]
     dec = {k: v for k, v in evaluated[best]["decoder"].items() if k != "per_fold"}
+    if "per_fold" in evaluated[best]["decoder"]:  # what the test rows were decoded with (test_scheme: vote)
+        dec["test_per_fold"] = evaluated[best]["decoder"]["per_fold"]
     per_fold = []
     for k, name in choice.items():
         entry = next((f for f in evaluated[name]["decoder"].get("per_fold", []) if f["fold"] == k),
@@ -459,7 +476,9 @@ def show(log: Log, title: str, metrics: dict, group, in_sample: bool = False) ->
     dec = metrics["decoder"]
     if dec["name"] == "threshold":
         log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']}"
-            + (f", epoch {dec['epoch']}" if "epoch" in dec else "") + " (fitted on all OOF, used for test); "
+            + (f", epoch {dec['epoch']}" if "epoch" in dec else "") + " (fitted on all OOF); test rows: "
+            + ("each fold model decoded with its fold's thresholds, then a vote; " if dec["test_scheme"] == "vote"
+               else "the fold-mean decoded with these; ")
             + ("OOF above fits each fold on its own rows (the organisers' optimistic protocol)" if in_sample
                else "OOF above uses per-fold refits on the other folds"))
     if "protocols" in metrics:

@@ -24,7 +24,7 @@ from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, display_path, output_dir, outputs_of, resolve_run, run_name, submissions_root
 from src.io import write_csv, write_json
 from src.models import n_seeds, sub_runs
-from src.pipeline import late_mean, mean_parts, seed_mean
+from src.pipeline import late_mean, seed_mean, stack_parts
 from src.train import configure_torch, pick_device, predict_checkpoint
 
 
@@ -82,13 +82,18 @@ def predict_run(out: Path, input_dir: Path) -> tuple[dict, np.ndarray, data_mod.
                                         [ds.features[e][rows] for e in sub.encoders],
                                         [ds.present[e][rows] for e in sub.encoders], len(rows), device)
                      for k in derived["folds"]]
-            per_seed.append(({"prob": np.zeros(0)}, mean_parts(folds)))  # no OOF rows: only test is predicted
+            per_seed.append(({"prob": np.zeros(0)}, stack_parts(folds)))  # no OOF rows: only test is predicted
         per_sub.append(per_seed)
     if combine == "mean":
         per_sub = [late_mean(per_sub)]
-    _, test = seed_mean(per_sub[0])
+    _, test_folds = seed_mean(per_sub[0])  # [K folds, n, ...]
+    test = {p: v.mean(0) for p, v in test_folds.items()}
     params = metrics["decoder"]
-    pred = decode.nearest(test["prob"]) if params["name"] == "nearest" else decode.apply_decoder(test, params)
+    if params["name"] == "nearest":
+        return test, decode.nearest(test["prob"]), ds, params
+    # as the run decoded its own test rows: per fold model with its fold's thresholds (vote), or the fold mean
+    per_fold = params.get("test_per_fold", params.get("per_fold"))
+    pred = decode.decode_test(test_folds, params, per_fold, params.get("test_scheme", "mean"))
     return test, pred, ds, params
 
 

@@ -36,10 +36,14 @@ from src.labels import BLEND_RATIOS, CONFIGS, EMOTIONS, IS_BLEND
 from src.metric import score
 
 SWEEP_EXPERIMENT = "exp041"  # the top-n sweep whose per_top_n.csv feeds figure 1
-# Encoder names are free-form: an encoder is audio when its name contains one of these, video otherwise.
+# Each encoder's modality comes from the dataset's encoders.csv. Without it, a labelled guess from the name:
+# audio or video when the name contains one of these hints, "unknown" otherwise (never a wrong default).
 AUDIO_HINTS = ("hubert", "wavlm", "wav2vec", "whisper", "audio", "beats", "clap", "vggish", "panns",
-               "emotion2vec", "egemaps", "opensmile", "mfcc", "speech", "voice", "encodec", "wav")
-GROUP_COLORS = {"video": "tab:blue", "audio": "tab:orange"}
+               "emotion2vec", "egemaps", "opensmile", "mfcc", "speech", "voice", "encodec", "wav", "prosody")
+VIDEO_HINTS = ("openface", "videomae", "video", "swin", "face", "clip", "imagebind", "dino", "vit", "resnet",
+               "mae", "frame", "pose", "landmark")
+GROUP_COLORS = {"video": "tab:blue", "audio": "tab:orange", "both": "tab:purple", "unknown": "tab:gray"}
+COLOR_NOTE = "(blue video, orange audio, purple both, grey unknown)"
 
 # Configurations grouped by emotion set: 6 singles (EMOTIONS order) then the 10 pairs; ratio within a pair.
 SET_NAMES = list(dict.fromkeys("+".join(e for e, _ in c) for c in CONFIGS))  # 16 names
@@ -52,9 +56,12 @@ class Skip(Exception):
     """A figure the experiment has no data for; the message goes into report.md."""
 
 
-def modality(encoder: str) -> str:
-    """'audio' or 'video' from the encoder's name (AUDIO_HINTS)."""
-    return "audio" if any(h in encoder.lower() for h in AUDIO_HINTS) else "video"
+def guess_modality(encoder: str) -> str:
+    """'audio', 'video' or 'unknown' from the encoder's name (AUDIO_HINTS, VIDEO_HINTS); audio hints first."""
+    name = encoder.lower()
+    if any(h in name for h in AUDIO_HINTS):
+        return "audio"
+    return "video" if any(h in name for h in VIDEO_HINTS) else "unknown"
 
 
 def columns(frame: pd.DataFrame, prefix: str) -> np.ndarray:
@@ -137,6 +144,15 @@ class Run:
         except Skip as why:
             self.decode_problem = str(why)
         self.encoders = [c[len("gate_"):] for c in self.oof.columns if c.startswith("gate_")]
+        self.modalities = data_mod.read_modalities(self.input_dir)
+        self.modality_source = ("from encoders.csv" if self.modalities else
+                                "guessed from encoder names (no encoders.csv in the dataset folder)")
+
+    def modality(self, encoder: str) -> str:
+        """The dataset's modality for the encoder, else the name guess; 'unknown' if neither says."""
+        if self.modalities:
+            return self.modalities.get(encoder, "unknown")
+        return guess_modality(encoder)
 
     @property
     def gates(self) -> np.ndarray:
@@ -172,8 +188,8 @@ class Run:
         """modality -> indices into self.encoders (only groups that have an encoder)."""
         out: dict[str, list[int]] = {}
         for i, enc in enumerate(self.encoders):
-            out.setdefault(modality(enc), []).append(i)
-        return dict(sorted(out.items(), key=lambda kv: kv[0] != "video"))
+            out.setdefault(self.modality(enc), []).append(i)
+        return dict(sorted(out.items(), key=lambda kv: list(GROUP_COLORS).index(kv[0])))
 
     @cached_property
     def actor_scores(self) -> pd.DataFrame:
@@ -224,8 +240,7 @@ def new_figure(width: float, height: float) -> Figure:
 
 def group_legend(run: Run) -> str:
     lines = [f"{g}: {', '.join(run.encoders[i] for i in idx)}" for g, idx in run.groups().items()]
-    return "\n".join(textwrap.fill(s, 90) for s in lines) + "\n(audio = name contains hubert, wavlm, wav2vec, " \
-        "whisper, audio, beats, ...; video = the rest)"
+    return "\n".join(textwrap.fill(s, 90) for s in lines) + f"\n(modalities {run.modality_source})"
 
 
 def fig_topn(run: Run) -> Figure:
@@ -280,13 +295,34 @@ def fig_modality(run: Run) -> Figure:
     return fig
 
 
+def selection_frequency(run: Run) -> tuple[np.ndarray, np.ndarray, str]:
+    """(mean [E], std [E], label): fraction of OOF clips whose gate keeps each encoder, per seed then averaged.
+
+    Reads each seed's fold files (folds/<sub-run>/fold*_seed*.npz); without them, the seed-averaged gates of
+    oof.csv, which count an encoder kept by any seed (labelled as such).
+    """
+    folder = run.out / "folds" / str(run.metrics.get("best_top_n", ""))
+    per_seed: dict[str, list] = {}
+    for path in sorted(folder.glob("fold*_seed*.npz")):
+        with np.load(path) as z:
+            if "valid_gate" in z.files:
+                per_seed.setdefault(path.stem.split("_seed")[1], []).append(z["valid_gate"] > 0)
+    counts = {len(np.concatenate(v)) for v in per_seed.values()}
+    if per_seed and counts == {len(run.oof)}:
+        freq = np.array([np.concatenate(v).mean(0) for v in per_seed.values()])  # [S, E]
+        return freq.mean(0), freq.std(0), f"per seed, mean ± std over {len(freq)} seed(s)"
+    label = "selected by at least one seed: no per-seed fold files" if run.n_seeds > 1 else "one seed"
+    return (run.gates > 0).mean(0), np.zeros(len(run.encoders)), label
+
+
 def fig_selection(run: Run) -> Figure:
-    selected = (run.gates > 0).mean(0)
+    run.gates  # Skip when the model has no gate
+    selected, spread, how = selection_frequency(run)
     order = np.argsort(-selected, kind="stable")
     fig = new_figure(max(6, 0.8 * len(order) + 2), 4.5)
     ax = fig.subplots()
-    ax.bar([run.encoders[i] for i in order], selected[order],
-           color=[GROUP_COLORS[modality(run.encoders[i])] for i in order])
+    ax.bar([run.encoders[i] for i in order], selected[order], yerr=spread[order], capsize=3,
+           color=[GROUP_COLORS[run.modality(run.encoders[i])] for i in order])
     if run.top_n:
         ax.axhline(run.top_n / len(run.encoders), color="k", ls=":", label=f"n/E = {run.top_n}/{len(run.encoders)} "
                    "(every encoder equally often)")
@@ -294,8 +330,7 @@ def fig_selection(run: Run) -> Figure:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("fraction of OOF clips with gate > 0")
     ax.tick_params(axis="x", rotation=30)
-    seeds = f"; with {run.n_seeds} seeds, selected by at least one seed" if run.n_seeds > 1 else ""
-    ax.set_title(f"{run.name}: how often each encoder is in the top-n{seeds}\n(blue video, orange audio)", fontsize=9)
+    ax.set_title(f"{run.name}: how often each encoder is in the top-n ({how})\n{COLOR_NOTE}", fontsize=9)
     return fig
 
 
@@ -325,18 +360,19 @@ def fig_gate_distribution(run: Run) -> Figure:
     box = ax.boxplot([gates[:, i] for i in order], tick_labels=[run.encoders[i] for i in order], patch_artist=True,
                      showmeans=True, medianprops={"color": "k"}, flierprops={"markersize": 2, "alpha": 0.3})
     for patch, i in zip(box["boxes"], order):
-        patch.set_facecolor(GROUP_COLORS[modality(run.encoders[i])])
+        patch.set_facecolor(GROUP_COLORS[run.modality(run.encoders[i])])
         patch.set_alpha(0.6)
     ax.set_ylabel("gate weight per clip (0 = not selected)")
     ax.tick_params(axis="x", rotation=30)
     ax.set_title(f"{run.name}: distribution of importance weights per encoder (triangle: mean)\n"
-                 "(blue video, orange audio)", fontsize=9)
+                 f"{COLOR_NOTE}", fontsize=9)
     return fig
 
 
 def fig_cka(run: Run) -> Figure:
     encoders, matrix = run.cka
-    order = sorted(range(len(encoders)), key=lambda i: (modality(encoders[i]) != "video", encoders[i]))
+    group_rank = list(GROUP_COLORS).index
+    order = sorted(range(len(encoders)), key=lambda i: (group_rank(run.modality(encoders[i])), encoders[i]))
     matrix = matrix[np.ix_(order, order)]
     names = [encoders[i] for i in order]
     fig = new_figure(0.8 * len(names) + 3, 0.7 * len(names) + 2)
@@ -348,7 +384,8 @@ def fig_cka(run: Run) -> Figure:
     ax.set_yticks(range(len(names)), names)
     fig.colorbar(image, ax=ax, label="linear CKA")
     ax.set_title(f"{run.name}: linear CKA between projected encoder embeddings\n"
-                 "(OOF clips, seed 0, within each fold then averaged; video first, then audio)", fontsize=9)
+                 "(OOF clips that have both encoders, seed 0, within each fold then averaged; "
+                 "video, audio, both, unknown)", fontsize=9)
     return fig
 
 
@@ -492,7 +529,7 @@ def score_findings(run: Run) -> list[str]:
 
 def gate_findings(run: Run) -> list[str]:
     gates, folds = run.gates, run.oof["fold"].to_numpy()
-    mean, selected = gates.mean(0), (gates > 0).mean(0)
+    mean, selected = gates.mean(0), selection_frequency(run)[0]
     hi, lo = int(np.argmax(mean)), int(np.argmin(mean))
     shares = [f"{g} {gates[:, idx].sum(1).mean():.0%} of the gate weight from {len(idx)} of "
               f"{len(run.encoders)} encoders" for g, idx in run.groups().items()]
@@ -616,8 +653,7 @@ def write_report(exp_dir: Path, input_dir: Path, variant: str | None = None) -> 
             f"## Scores\n\n{metrics_table(m)}\n## Decoder\n\n{decoder_text(m['decoder'])}\n"
             "## Findings\n\n" + "".join(f"- {s}\n" for s in findings(run))
             + "\n## Figures\n\n"
-            + (f"Modality groups by encoder name (audio = the name contains one of {', '.join(AUDIO_HINTS)}; "
-               f"video = the rest): {groups}.\n\n" if run.encoders else "")
+            + (f"Modality groups {run.modality_source}: {groups}.\n\n" if run.encoders else "")
             + "\n".join(sections))
     return write_text(run.out / "report.md", text)
 

@@ -195,6 +195,8 @@ def write(out: Path, seed: int = 0, full_size: bool = False, **kwargs) -> Path:
     row_names = np.concatenate([names[tr], [n[:-4] for n in test_names]])
     for enc, X in g["features"].items():
         write_npz(out / "features" / f"{enc}.npz", X=np.concatenate([X[tr], X[te]]), filenames=row_names)
+    write_csv(out / "encoders.csv", pd.DataFrame({"encoder": list(ENCODERS),
+                                                 "modality": [m for m, *_ in ENCODERS.values()]}))
     return out
 
 

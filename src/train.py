@@ -18,12 +18,21 @@ from src.models.fusion import FusionNet
 from src.models.mlp import MLP
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed random, numpy and torch; returns a CPU generator for batch order, targets and selection draws."""
+# One random stream per purpose, so arms that differ in one option (selection, CORAL, dropout, rank order)
+# share every other draw at the same seed: batch order, initial weights, dropout-layer masks.
+STREAMS = ("batches", "coral", "selection", "encoder_dropout", "init", "layers", "prediction_draws")
+
+
+def stream_seed(seed: int, purpose: str) -> int:
+    return int(np.random.SeedSequence([seed % 2**32, STREAMS.index(purpose)]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> dict[str, torch.Generator]:
+    """Seed random, numpy and torch; returns one CPU generator per purpose in STREAMS."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return {p: torch.Generator().manual_seed(stream_seed(seed, p)) for p in STREAMS}
 
 
 def pick_device(name: str, what: str = "train.device") -> torch.device:
@@ -61,6 +70,7 @@ class FoldInputs:
     xs: list[torch.Tensor]      # per input block, float [N_all, D]
     available: torch.Tensor     # bool [N_all, E]
     targets: dict               # salience, presence: float [N_train, 6] (empty when predicting)
+    draws: torch.Tensor | None = None  # random control at prediction: float [K draws, N_all, E] per row
 
 
 def make_inputs(features: list[np.ndarray], present: list[np.ndarray], stats, concat: bool, device,
@@ -95,12 +105,25 @@ def evaluate_loss(model, inp: FoldInputs, rows: np.ndarray, batch_size: int) -> 
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             idx = torch.as_tensor(rows[i:i + batch_size], device=inp.available.device)
-            out = model([x[idx] for x in inp.xs], inp.available[idx])
+            out = model([x[idx] for x in inp.xs], inp.available[idx], draw=row_draw(inp, idx))
             total += float(model.loss(out, {k: v[idx] for k, v in inp.targets.items()})) * len(idx)
     return total / len(rows)
 
 
-def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: torch.Generator,
+def row_draw(inp: FoldInputs, idx: torch.Tensor, k: int = 0):
+    return None if inp.draws is None else inp.draws[k][idx]
+
+
+def prediction_draws(seed: int, n_rows: int, n_encoders: int, k: int, device) -> torch.Tensor:
+    """float [k, n_rows, E]: the random control's priorities per dataset row, the same in every fold model of a seed."""
+    if k < 1:
+        from src.errors import UserError
+        raise UserError(f"model.random_draws: {k} must be >= 1")
+    g = torch.Generator().manual_seed(stream_seed(seed, "prediction_draws"))
+    return torch.rand((k, n_rows, n_encoders), generator=g).to(device)
+
+
+def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, rng: dict[str, torch.Generator],
                 target_rows: np.ndarray | None = None, stop_rows: np.ndarray | None = None, on_epoch=None):
     """AdamW/Adam over shuffled index batches; CORAL against target rows when adapt.coral_weight > 0.
 
@@ -122,20 +145,22 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: 
     for epoch in range(t.epochs):
         model.train()
         total = torch.zeros((), device=device)
-        for b in batches(len(train_rows), t.batch_size, generator):
+        for b in batches(len(train_rows), t.batch_size, rng["batches"]):
             if len(b) < 2:
                 continue  # covariance and batch statistics need two rows
             idx = train_rows_t[b.to(device)]
-            out = model([x[idx] for x in inp.xs], inp.available[idx], generator)
+            out = model([x[idx] for x in inp.xs], inp.available[idx], rng["selection"],
+                        dropout_generator=rng["encoder_dropout"])
             loss = model.loss(out, {k: v[idx] for k, v in inp.targets.items()})
             if coral_w > 0 and target_rows is not None:
-                pick = torch.randint(len(target_rows), (len(b),), generator=generator)
+                pick = torch.randint(len(target_rows), (len(b),), generator=rng["coral"])
                 tidx = torch.as_tensor(target_rows, device=device)[pick.to(device)]
-                tout = model([x[tidx] for x in inp.xs], inp.available[tidx], generator)
+                tout = model([x[tidx] for x in inp.xs], inp.available[tidx], rng["selection"],
+                             dropout_generator=rng["encoder_dropout"])
                 align = coral_loss(out["fused"], tout["fused"])
                 if on_projections:
-                    align = align + sum(coral_loss(out["projections"][:, e], tout["projections"][:, e])
-                                        for e in range(out["projections"].shape[1]))
+                    align = align + projection_coral(out["projections"], tout["projections"],
+                                                     inp.available[idx], inp.available[tidx])
                 loss = loss + coral_w * align
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -161,29 +186,41 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, generator: 
     return model, history
 
 
-def predict(model, inp: FoldInputs, rows: np.ndarray, generator: torch.Generator, batch_size: int = 512) -> dict:
-    """Model outputs for rows -> dict of float arrays [len(rows), ...]."""
+def projection_coral(source: torch.Tensor, target: torch.Tensor, source_ok: torch.Tensor, target_ok: torch.Tensor):
+    """CORAL per encoder on projections [B, E, S], over the clips that have the encoder (bool [B, E])."""
+    total = source.new_zeros(())
+    for e in range(source.shape[1]):
+        s, t = source[source_ok[:, e], e], target[target_ok[:, e], e]
+        if len(s) >= 2 and len(t) >= 2:  # a covariance needs two rows
+            total = total + coral_loss(s, t)
+    return total
+
+
+def predict(model, inp: FoldInputs, rows: np.ndarray, batch_size: int = 512) -> dict:
+    """Model outputs for rows -> dict of float arrays [len(rows), ...]; the mean over inp.draws' draws if any."""
     model.eval()
     parts: dict[str, list] = {}
+    n_draws = 1 if inp.draws is None else len(inp.draws)
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             idx = torch.as_tensor(rows[i:i + batch_size], device=inp.available.device)
-            out = model([x[idx] for x in inp.xs], inp.available[idx], generator)
-            for k, v in model.outputs(out).items():
-                parts.setdefault(k, []).append(v.float().cpu().numpy())
+            outs = [model.outputs(model([x[idx] for x in inp.xs], inp.available[idx], draw=row_draw(inp, idx, k)))
+                    for k in range(n_draws)]
+            for k in outs[0]:
+                parts.setdefault(k, []).append(torch.stack([o[k] for o in outs]).mean(0).float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 class EpochPredictions:
     """on_epoch callback for train.epoch_selection: valid_fold_score; parts() -> epochs_<p> float [n, n_epochs, 6]."""
 
-    def __init__(self, inp: FoldInputs, rows: dict, generator: torch.Generator):
-        self.inp, self.rows, self.generator = inp, rows, generator
+    def __init__(self, inp: FoldInputs, rows: dict):
+        self.inp, self.rows = inp, rows
         self.seen = {split: [] for split in rows}
 
     def __call__(self, model) -> None:
         for split, rows in self.rows.items():
-            self.seen[split].append(predict(model, self.inp, rows, self.generator))
+            self.seen[split].append(predict(model, self.inp, rows))
 
     def parts(self, split: str) -> dict:
         kept = [p for p in self.seen[split][0] if p in ("prob", "presence", "salience")]  # what decoding reads
@@ -207,59 +244,73 @@ def build_model(cfg, widths: list[int], fixed=None):
     if m.name == "mlp":
         return MLP(sum(widths), m.hidden, m.dropout)
     return FusionNet(widths, m.shared_dim, m.fused_dim, m.gate_heads, m.top_n, m.selection, m.heads,
-                     m.dropout, m.encoder_dropout, fixed)
+                     m.dropout, m.encoder_dropout, fixed, m.reattend, m.rank_order)
 
 
-def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed: int, device, prior=None):
+def init_model(cfg, widths: list[int], seed: int, device, fixed=None):
+    """The model with initial weights from the seed's init stream; dropout layers then draw from its layers stream."""
+    torch.manual_seed(stream_seed(seed, "init"))
+    model = build_model(cfg, widths, fixed).to(device)
+    torch.manual_seed(stream_seed(seed, "layers"))
+    return model
+
+
+def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed: int, device, prior=None,
+             draw_seed: int | None = None):
     """Train one fold model; returns (valid parts, test parts, state_dict or None, extras).
 
     Parts are dicts of arrays: prob or presence/salience [n, 6], gate [n, E] for the fusion model.
-    extras: what `predict_checkpoint` needs besides the weights (standardisation stats, widths, the
-    generator state before the test predictions, the prior's configuration), the loss history, and
-    fusion projections / fixed encoders for the report.
+    draw_seed: the random control's prediction draws (default seed); the pipeline passes one per seed index,
+    so a test clip keeps the same subset in every fold model of that seed.
+    extras: what `predict_checkpoint` needs besides the weights (standardisation stats, widths, the draw seed
+    and row count of the random control, the prior's configuration), the loss history, and fusion
+    projections / fixed encoders for the report.
     """
     test_rows = ds.test_rows
     if prior is not None:
         config = prior_config(ds, prior, train_rows)
         return prior_parts(config, len(valid_rows)), prior_parts(config, len(test_rows)), None, {"prior_config": config}
-    generator = seed_everything(seed)
+    rng = seed_everything(seed)
     concat = cfg.model.name == "mlp"
     stats = [fit_standardizer(ds.features[e], train_rows, ds.present[e]) for e in encoders]
     inp = make_inputs([ds.features[e] for e in encoders], [ds.present[e] for e in encoders], stats, concat, device,
                       ds.labels)
     widths = [x.shape[1] for x in inp.xs]
+    draw_seed = seed if draw_seed is None else draw_seed
+    if cfg.model.name == "fusion" and cfg.model.selection == "random":
+        inp.draws = prediction_draws(draw_seed, len(inp.available), len(encoders), cfg.model.random_draws, device)
     # CORAL targets: clips this model is not trained on (its validation fold and the test set), features only
     target_rows = np.concatenate([valid_rows, test_rows])
     fit_rows, stop_rows = inner_split(ds, train_rows) if cfg.train.early_stopping else (train_rows, None)
-    extras = {"mean": [m for m, _ in stats], "std": [s for _, s in stats], "widths": widths}
+    extras = {"mean": [m for m, _ in stats], "std": [s for _, s in stats], "widths": widths,
+              "draw_seed": draw_seed, "n_rows": len(inp.available)}
     fixed = None
     if cfg.model.name == "fusion" and cfg.model.selection == "fixed":
-        # the control: pick the n encoders with the highest mean gate of a learned-selection model,
-        # trained and measured on this fold's training rows only
-        probe = build_model(cfg, widths).to(device)
+        # the control: pick the n encoders with the highest mean gate of a learned-selection model, trained
+        # and measured on this fold's training rows only. The probe runs on its own copy of the streams (it is
+        # the learned arm's model at this seed); the control below starts from the same weights and batch order.
+        probe = init_model(cfg, widths, seed, device)
         probe.selection = "learned"
-        train_model(probe, inp, fit_rows, cfg, generator, target_rows, stop_rows)
-        mean_gate = predict(probe, inp, train_rows, generator)["gate"].mean(0)
-        fixed = torch.zeros(len(encoders), dtype=torch.bool)
-        fixed[np.argsort(-mean_gate, kind="stable")[:probe.top_n]] = True
-        extras["fixed_encoders"] = [encoders[i] for i in np.flatnonzero(fixed.numpy())]
-        generator = seed_everything(seed + 7919)  # the retrained model starts from a fresh draw
-    model = build_model(cfg, widths, fixed).to(device)
-    epochs = EpochPredictions(inp, {"valid": valid_rows, "test": test_rows}, generator) \
+        train_model(probe, inp, fit_rows, cfg, seed_everything(seed), target_rows, stop_rows)
+        mean_gate = torch.as_tensor(predict(probe, inp, train_rows)["gate"].mean(0))
+        fixed = mean_gate  # priorities: the n highest, then the next ones for clips missing one of them
+        extras["fixed_encoders"] = [encoders[i] for i in torch.argsort(-mean_gate, stable=True)[:probe.top_n]]
+    model = init_model(cfg, widths, seed, device, fixed)
+    epochs = EpochPredictions(inp, {"valid": valid_rows, "test": test_rows}) \
         if cfg.train.epoch_selection == "valid_fold_score" else None
-    model, extras["history"] = train_model(model, inp, fit_rows, cfg, generator, target_rows, stop_rows,
-                                           on_epoch=epochs)
-    valid = predict(model, inp, valid_rows, generator)
-    extras["generator_state"] = generator.get_state()  # random selection draws at test time continue from here
-    test = predict(model, inp, test_rows, generator)
+    model, extras["history"] = train_model(model, inp, fit_rows, cfg, rng, target_rows, stop_rows, on_epoch=epochs)
+    valid = predict(model, inp, valid_rows)
+    test = predict(model, inp, test_rows)
     if epochs is not None:
         valid, test = valid | epochs.parts("valid"), test | epochs.parts("test")
     if cfg.model.name == "fusion":
         with torch.no_grad():
             model.eval()
             idx = torch.as_tensor(valid_rows, device=device)
-            proj = model([x[idx] for x in inp.xs], inp.available[idx], generator)["projections"]
-        extras["projections"] = proj.cpu().numpy().astype(np.float16)  # [n_valid, E, S] for CKA analysis
+            proj = model([x[idx] for x in inp.xs], inp.available[idx], draw=row_draw(inp, idx))["projections"]
+        # [n_valid, E, S] for CKA analysis; NaN where the clip lacks the encoder, so CKA leaves those rows out
+        proj = torch.where(inp.available[idx].unsqueeze(-1), proj, float("nan"))
+        extras["projections"] = proj.cpu().numpy().astype(np.float16)
     return valid, test, {k: v.cpu() for k, v in model.state_dict().items()}, extras
 
 
@@ -270,6 +321,9 @@ def predict_checkpoint(ckpt: dict, cfg, features: list[np.ndarray], present: lis
     inp = make_inputs(features, present, list(zip(ckpt["mean"], ckpt["std"])), cfg.model.name == "mlp", device)
     model = build_model(cfg, ckpt["widths"]).to(device)
     model.load_state_dict(ckpt["state_dict"])
-    generator = torch.Generator()
-    generator.set_state(ckpt["generator_state"])
-    return predict(model, inp, np.arange(n), generator)
+    if cfg.model.name == "fusion" and cfg.model.selection == "random":
+        # the training run's draws were per dataset row with its test clips last: the same clips, same draws
+        total = max(ckpt["n_rows"], n)
+        inp.draws = prediction_draws(ckpt["draw_seed"], total, len(ckpt["widths"]), cfg.model.random_draws,
+                                     device)[:, total - n:]
+    return predict(model, inp, np.arange(n))

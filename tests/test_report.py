@@ -13,7 +13,7 @@ from src.experiments import output_dir, resolve
 from src.leaderboard import collect, to_markdown
 from src.errors import UserError
 from src.metric import score
-from src.report import FIGURES, Run, Skip, modality, redecode_oof, write_report
+from src.report import FIGURES, Run, Skip, guess_modality, redecode_oof, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SWEEP_ENCODERS = "[openface,hubert]"  # the sweep trains one model per n: two encoders keep it to n = 1, 2
@@ -44,9 +44,11 @@ def test_linear_cka_identity_invariances_and_unrelated():
     assert np.allclose(matrix, matrix.T) and np.allclose(np.diag(matrix), 1.0) and matrix[0, 2] == pytest.approx(1.0)
 
 
-def test_modality_groups_by_name():
-    assert [modality(e) for e in ("hubert", "WavLM_large", "whisper-small", "my_audio_enc", "beats")] == ["audio"] * 5
-    assert [modality(e) for e in ("openface", "clip", "videomae", "imagebind", "dinov2")] == ["video"] * 5
+def test_modality_guess_by_name_is_unknown_when_unsure():
+    assert [guess_modality(e) for e in ("hubert", "WavLM_large", "whisper-small", "my_audio_enc", "egemaps",
+                                        "prosody")] == ["audio"] * 6
+    assert [guess_modality(e) for e in ("openface", "clip", "videomae", "imagebind", "dinov2")] == ["video"] * 5
+    assert [guess_modality(e) for e in ("enc_a", "xyz")] == ["unknown"] * 2
 
 
 @pytest.fixture(scope="module")

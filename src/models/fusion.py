@@ -4,6 +4,10 @@ Per clip: each available encoder is projected to `shared_dim`; attention over th
 embeddings (plus a learned encoder identity) scores every encoder; only the `top_n` best-ranked encoders
 are kept, their softmax weights renormalised over the kept ones, and the weighted sum is fused into
 `fused_dim`. Presence (6 sigmoids, BCE) and salience (softmax, KL) heads read the fused representation.
+
+The controls (selection random | fixed) choose the kept set BEFORE attention and then see only that set:
+attention keys, gate weights and the fused sum cover the kept encoders, and a dropped encoder's projection
+is replaced by zeros, so it changes nothing for that clip and its projector gets no gradient from it.
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ from src.models.mlp import MLP
 class FusionNet(nn.Module):
     def __init__(self, widths: list[int], shared_dim: int = 256, fused_dim: int = 512, gate_heads: int = 4,
                  top_n="all", selection: str = "learned", heads: str = "two", dropout: float = 0.1,
-                 encoder_dropout: float = 0.0, fixed: torch.Tensor | None = None):
+                 encoder_dropout: float = 0.0, fixed: torch.Tensor | None = None, reattend: bool = False,
+                 rank_order: bool = False):
         super().__init__()
         n = len(widths)
         self.top_n = resolve_top_n(top_n, n)
         self.selection, self.heads, self.encoder_dropout = selection, heads, encoder_dropout
+        self.reattend = reattend
         self.projectors = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(w), nn.Linear(w, shared_dim), nn.GELU(), nn.Dropout(dropout)) for w in widths)
         self.identity = nn.Parameter(torch.randn(n, shared_dim) * 0.02)
@@ -31,39 +37,64 @@ class FusionNet(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(shared_dim, fused_dim), nn.GELU(), nn.Dropout(dropout))
         self.salience_head = nn.Linear(fused_dim, 6)
         self.presence_head = nn.Linear(fused_dim, 6) if heads == "two" else None
-        # selection == "fixed": the same encoders for every clip (bool [n]), chosen outside the model
-        self.register_buffer("fixed", torch.ones(n, dtype=torch.bool) if fixed is None else fixed.bool())
+        # selection == "fixed": one priority per encoder (higher first), chosen outside the model; a clip keeps
+        # its n highest-priority available encoders, so never more than n even when a fixed one is missing
+        self.register_buffer("fixed", fixed_priority(n, fixed))
+        # optional modules last: the shared modules above draw the same initial weights with or without them
+        self.rank_embedding = nn.Parameter(torch.randn(self.top_n, shared_dim) * 0.02) if rank_order else None
 
-    def select(self, scores: torch.Tensor, available: torch.Tensor, generator=None) -> torch.Tensor:
-        """bool [B, E]: the encoders each clip keeps (never an unavailable one)."""
-        if self.selection == "fixed":
-            keep = available & self.fixed
-            return torch.where(keep.any(1, keepdim=True), keep, available)
-        if self.top_n >= scores.shape[1]:
+    def top(self, priority: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        """bool [B, E]: per clip the top_n available encoders by priority float [B, E]."""
+        if self.top_n >= priority.shape[1]:
             return available
-        # learned: rank by gate score; random (the reviewer's control): rank by a random draw per clip
-        rank = scores if self.selection == "learned" else torch.rand(
-            scores.shape, generator=generator, device="cpu").to(scores.device)
-        rank = rank.masked_fill(~available, float("-inf"))
-        top = rank.topk(self.top_n, dim=1).indices
-        keep = torch.zeros_like(available).scatter(1, top, True)
-        return keep & available
+        top = priority.masked_fill(~available, float("-inf")).topk(self.top_n, dim=1).indices
+        return torch.zeros_like(available).scatter(1, top, True) & available
 
-    def forward(self, xs: list[torch.Tensor], available: torch.Tensor, generator=None) -> dict:
-        """xs: per encoder float [B, D_e]; available: bool [B, E] -> logits, gate weights [B, E], fused [B, F]."""
+    def gate_scores(self, proj: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Attention over the encoders in keys (bool [B, E]) -> one score per encoder float [B, E]."""
+        tokens = proj + self.identity
+        context, _ = self.attention(tokens, tokens, tokens, key_padding_mask=~keys, need_weights=False)
+        return self.scorer(tokens + context).squeeze(-1)
+
+    def forward(self, xs: list[torch.Tensor], available: torch.Tensor, generator=None, draw=None,
+                dropout_generator=None) -> dict:
+        """xs: per encoder float [B, D_e]; available: bool [B, E] -> logits, gate weights [B, E], fused [B, F].
+
+        generator: draws of the random control in training; draw: float [B, E], the random control's
+        priorities given by the caller (one fixed draw per clip at prediction); dropout_generator: encoder dropout.
+        """
         available = torch.where(available.any(1, keepdim=True), available, torch.ones_like(available))
         if self.training and self.encoder_dropout > 0:
-            dropped = torch.rand(available.shape, generator=generator, device="cpu").to(available.device)
-            kept = available & (dropped >= self.encoder_dropout)
+            dropped = torch.rand(available.shape, device="cpu",
+                                 generator=generator if dropout_generator is None else dropout_generator)
+            kept = available & (dropped.to(available.device) >= self.encoder_dropout)
             available = torch.where(kept.any(1, keepdim=True), kept, available)
-        proj = torch.stack([p(x) for p, x in zip(self.projectors, xs)], 1)  # [B, E, S]
-        tokens = proj + self.identity
-        context, _ = self.attention(tokens, tokens, tokens, key_padding_mask=~available, need_weights=False)
-        scores = self.scorer(tokens + context).squeeze(-1)  # [B, E]
-        keep = self.select(scores.detach(), available, generator)
+        raw = torch.stack([p(x) for p, x in zip(self.projectors, xs)], 1)  # [B, E, S]
+        if self.selection == "learned":
+            # the ranking pass must see every available encoder to rank them
+            scores = self.gate_scores(raw, available)
+            keep = self.top(scores.detach(), available)
+            if self.reattend and self.top_n < len(xs):
+                scores = self.gate_scores(raw, keep)  # fused weights from attention within the kept set
+            proj = raw
+        else:
+            if self.selection == "fixed":
+                priority = self.fixed.expand(available.shape)
+            else:
+                priority = draw if draw is not None else torch.rand(
+                    available.shape, generator=generator, device="cpu").to(available.device)
+            keep = self.top(priority, available)
+            proj = torch.where(keep.unsqueeze(-1), raw, 0.0)  # a dropped encoder: no value, no gradient
+            scores = self.gate_scores(proj, keep)
         gate = F.softmax(scores.masked_fill(~keep, float("-inf")), 1)  # renormalised over the kept encoders
-        fused = self.fuse((gate.unsqueeze(-1) * proj).sum(1))
-        out = {"salience_logits": self.salience_head(fused), "gate": gate, "fused": fused, "projections": proj}
+        values = proj
+        if self.rank_embedding is not None:
+            # kept encoders in rank order (gate score, best first): position r gets rank embedding r
+            order = scores.detach().masked_fill(~keep, float("-inf")).argsort(dim=1, descending=True, stable=True)
+            rank = order.argsort(1).clamp(max=self.top_n - 1)  # dropped ones have gate 0, any index is fine
+            values = proj + self.rank_embedding[rank]
+        fused = self.fuse((gate.unsqueeze(-1) * values).sum(1))
+        out = {"salience_logits": self.salience_head(fused), "gate": gate, "fused": fused, "projections": raw}
         if self.presence_head is not None:
             out["presence_logits"] = self.presence_head(fused)
         return out
@@ -81,3 +112,13 @@ class FusionNet(nn.Module):
         else:
             res["prob"] = res["salience"]
         return res
+
+
+def fixed_priority(n: int, fixed: torch.Tensor | None) -> torch.Tensor:
+    """float [n]: n - rank of each encoder; fixed is a bool mask (chosen first) or scores (higher first), ties by index."""
+    if fixed is None:
+        fixed = -torch.arange(n, dtype=torch.float)  # no choice given: encoder order
+    order = torch.argsort(-fixed.float(), stable=True)
+    priority = torch.empty(n)
+    priority[order] = torch.arange(n, 0, -1, dtype=torch.float)
+    return priority

@@ -11,7 +11,8 @@ class MLP(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
 
-    def forward(self, xs: list[torch.Tensor], available=None, generator=None) -> dict:
+    def forward(self, xs: list[torch.Tensor], available=None, generator=None, draw=None,
+                dropout_generator=None) -> dict:
         """xs: [x float [B, D]] (one concatenated input) -> salience logits [B, 6]."""
         return {"salience_logits": self.net(torch.cat(xs, 1))}
 
