@@ -71,6 +71,18 @@ class Adapt:
 
 
 @dataclass(frozen=True)
+class Tune:
+    """`bash run.sh tune` (src/tune.py): an Optuna search over other keys of this schema."""
+    metric: Literal["oof.score", "oof.acc_presence", "oof.acc_salience"] = "oof.score"  # seed mean, maximised
+    # key.path -> {int: [low, high]} | {float: [low, high]} | {categorical: [...]}, optional log: true, step: s
+    space: dict[str, dict] = field(default_factory=dict)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = 5  # finished trials before the median pruner stops any
+    trials: int = 30  # finished trials the study should hold (--trials overrides)
+
+
+@dataclass(frozen=True)
 class Config:
     note: str = ""
     seed: int = 0
@@ -80,6 +92,7 @@ class Config:
     train: Train = field(default_factory=Train)
     decoder: Decoder = field(default_factory=Decoder)
     adapt: Adapt = field(default_factory=Adapt)
+    tune: Tune = field(default_factory=Tune)
 
 
 SMOKE = {"train": {"epochs": 2, "seeds": 1}}  # --smoke: the same pipeline on a tiny budget
@@ -100,6 +113,10 @@ def _check(value, tp, where: str):
         if value not in args:
             raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return {_check(k, args[0], where): _check(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise UserError(f"{where}: expected a list, got {value!r}")
@@ -130,6 +147,37 @@ def _build(cls, values: dict, where: str):
         else:
             kwargs[name] = _check(value, hints[name], key)
     return cls(**kwargs)
+
+
+def field_type(path: str, where: str = ""):
+    """The schema's type annotation of a dotted key path, e.g. 'model.dropout' -> float; UserError if unknown."""
+    cls = Config
+    *parents, last = path.split(".")
+    for i, name in enumerate(parents + [last]):
+        hints = typing.get_type_hints(cls)
+        if not dataclasses.is_dataclass(cls) or name not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ""
+            raise UserError(f"{where or path}: unknown key '{'.'.join((parents + [last])[:i + 1])}'"
+                            + (f" (known: {known})" if known else ""))
+        cls = hints[name]
+    if dataclasses.is_dataclass(cls):
+        raise UserError(f"{where or path}: '{path}' is a section, not a value")
+    return cls
+
+
+def admits(tp, kind: str) -> bool:
+    """Whether a schema type takes numbers of a kind ('int' or 'float'); Literal and list types take neither."""
+    if typing.get_origin(tp) is Union:
+        return any(admits(t, kind) for t in typing.get_args(tp))
+    return tp is (int if kind == "int" else float)
+
+
+def type_name(tp) -> str:
+    if typing.get_origin(tp) is Union:
+        return " or ".join(type_name(t) for t in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
 
 
 def merge(base: dict, over: dict) -> dict:
