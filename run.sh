@@ -6,6 +6,7 @@
 #   bash run.sh ensemble exp040 exp042    bash run.sh leaderboard [--smoke]    bash run.sh score PRED LABELS
 #   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
 #   bash run.sh extract video|audio|egemaps|compare|faces [args]
+#   bash run.sh tune exp042 [--trials N] [--timeout S] [--workers K] [--storage URL] [--study NAME] [--input DIR] [--smoke]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -29,7 +30,7 @@ install_requirements() {
   fi
 }
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage
 cmd="$1"; shift
@@ -47,7 +48,7 @@ case "$cmd" in
   ensemble|report|leaderboard|score)
     install_requirements requirements.txt
     exec "$PY" "src/$cmd.py" "$@" ;;
-  synth|predict|prepare)
+  synth|predict|prepare|tune)
     install_requirements requirements.txt
     exec "$PY" -m "src.$cmd" "$@" ;;
   extract)

@@ -141,6 +141,18 @@ class Adapt:
 
 
 @dataclass(frozen=True)
+class Tune:
+    """`bash run.sh tune` (src/tune.py): an Optuna search over other keys of this schema."""
+    metric: Literal["oof.score", "oof.acc_presence", "oof.acc_salience"] = "oof.score"  # seed mean, maximised
+    # key.path -> {int: [low, high]} | {float: [low, high]} | {categorical: [...]}, optional log: true, step: s
+    space: dict[str, dict] = field(default_factory=dict)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = opt(5, Bounds(low=0))  # finished trials before the median pruner stops any
+    trials: int = opt(30, POSITIVE)  # finished trials the study should hold (--trials overrides)
+
+
+@dataclass(frozen=True)
 class Config:
     note: str = ""
     seed: int = opt(0, Bounds(low=0))  # numpy seeds must be >= 0
@@ -150,6 +162,7 @@ class Config:
     train: Train = field(default_factory=Train)
     decoder: Decoder = field(default_factory=Decoder)
     adapt: Adapt = field(default_factory=Adapt)
+    tune: Tune = field(default_factory=Tune)
 
 
 def resolve_top_n(top_n, n_encoders: int) -> int:
@@ -189,6 +202,10 @@ def _check(value, tp, where: str):
         if value not in args:
             raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return {_check(k, args[0], where): _check(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise UserError(f"{where}: expected a list, got {value!r}")
@@ -263,11 +280,47 @@ def spec(path: str) -> Spec:
     return Spec(path, tp, default, f.metadata.get("range"))
 
 
-def merge(base: dict, over: dict) -> dict:
-    """Mappings merge recursively; everything else (lists included) replaces."""
+def field_type(path: str, where: str = ""):
+    """The schema's type annotation of a dotted key path, e.g. 'model.dropout' -> float; UserError if unknown."""
+    cls = Config
+    *parents, last = path.split(".")
+    for i, name in enumerate(parents + [last]):
+        hints = typing.get_type_hints(cls)
+        if not dataclasses.is_dataclass(cls) or name not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ""
+            raise UserError(f"{where or path}: unknown key '{'.'.join((parents + [last])[:i + 1])}'"
+                            + (f" (known: {known})" if known else ""))
+        cls = hints[name]
+    if dataclasses.is_dataclass(cls):
+        raise UserError(f"{where or path}: '{path}' is a section, not a value")
+    return cls
+
+
+def admits(tp, kind: str) -> bool:
+    """Whether a schema type takes numbers of a kind ('int' or 'float'); Literal and list types take neither."""
+    if typing.get_origin(tp) is Union:
+        return any(admits(t, kind) for t in typing.get_args(tp))
+    return tp is (int if kind == "int" else float)
+
+
+def type_name(tp) -> str:
+    if typing.get_origin(tp) is Union:
+        return " or ".join(type_name(t) for t in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
+
+
+WHOLE_VALUES = {"tune.space"}  # mapping-valued keys: a child's or a --set value replaces the parent's
+
+
+def merge(base: dict, over: dict, prefix: str = "") -> dict:
+    """Sections merge recursively; everything else (lists and WHOLE_VALUES included) replaces."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        path = f"{prefix}{k}"
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and path not in WHOLE_VALUES
+        out[k] = merge(out[k], v, f"{path}.") if nested else v
     return out
 
 

@@ -78,8 +78,16 @@ def display_path(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def new_experiments_dir() -> Path:
+    """Where `bash run.sh tune` writes child experiments: exp/, or the moved output root (tests, benchmarks)."""
+    return output_root()
+
+
 def all_experiments() -> list[Path]:
-    return sorted(p for p in EXP_DIR.glob("exp[0-9]*") if (p / "config.yaml").exists())
+    """Every experiment folder: exp/ and, when the output root is moved, the children written there."""
+    found = {p.name: p for d in dict.fromkeys([new_experiments_dir(), EXP_DIR]) for p in d.glob("exp[0-9]*")
+             if (p / "config.yaml").exists()}  # exp/ last: its folders win a name clash
+    return sorted(found.values(), key=lambda p: p.name)
 
 
 def resolve(exp_id: str) -> Path:

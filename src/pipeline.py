@@ -111,7 +111,7 @@ class Plan:
 
 def resolved_config(cfg, ds, exp_dir: Path, variant) -> dict:
     """The config with derived values (folds, widths, seeds): what the fingerprint and config.resolved.yaml hold."""
-    out = config_mod.to_dict(cfg)
+    out = {k: v for k, v in config_mod.to_dict(cfg).items() if k != "tune"}  # a search space computes nothing
     out["derived"] = {
         "experiment": Path(exp_dir).name, "variant": variant, "dataset": ds.name, "input_dir": str(ds.root.resolve()),
         "n_folds": len(ds.fold_ids), "folds": ds.fold_ids, "n_train": ds.n_train, "n_test": len(ds.test_files),
@@ -191,14 +191,27 @@ def read_fold(path: Path) -> tuple[dict, dict, dict]:
         return parts["valid"], parts["test"], json.loads(str(z["meta"]))
 
 
-def train_folds(plan: Plan, log: Log, clock: Clock) -> None:
-    """Train every sub-run x seed x fold whose file is missing (all of them with --force)."""
+def fold_signal(plan: Plan, path: Path, k: int) -> float:
+    """A finished fold model's pruning signal (tune): its validation rows decoded with nothing fitted (the
+    nearest legal label to the probabilities, head weight 0.5) and scored on those rows only."""
+    valid, _, _ = read_fold(path)
+    prob = decode.probabilities(valid, 0.5 if "presence" in valid else None)
+    return score(decode.nearest(prob), plan.ds.labels[plan.ds.split(k)[1]])["score"]
+
+
+def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
+    """Train every sub-run x seed x fold whose file is missing (all of them with --force).
+
+    on_model(step, value), when given, runs after each fold x seed model (trained or cached): value is the
+    mean fold_signal of the models so far; it may raise to stop the run (a pruned tune trial).
+    """
     cfg, ds = plan.cfg, plan.ds
     _, _, subs = sub_runs(cfg, ds.encoders)
     todo = [(sub, s, k) for sub in subs for s in range(n_seeds(cfg, sub)) for k in ds.fold_ids]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=log.console, transient=True) as progress:
         task = progress.add_task("folds x seeds", total=len(todo))
+        signals = []
         for sub, s, k in todo:
             path = fold_path(plan, sub, k, s)
             if plan.args.force or not path.is_file():
@@ -224,6 +237,9 @@ def train_folds(plan: Plan, log: Log, clock: Clock) -> None:
                 log(f"{label}: trained in {meta['seconds']:.1f}s{note}")
                 clock.save()
             progress.advance(task)
+            if on_model is not None:
+                signals.append(fold_signal(plan, path, k))
+                on_model(len(signals) - 1, float(np.mean(signals)))
 
 
 # ---- stage 2: fold files -> OOF and test parts ------------------------------------------------------------
@@ -496,7 +512,7 @@ def show(log: Log, title: str, metrics: dict, group, in_sample: bool = False) ->
 
 
 # ---- the whole run -------------------------------------------------------------------------------------
-def run_plan(plan: Plan) -> Path:
+def run_plan(plan: Plan, on_model=None) -> Path:
     cfg, ds, out = plan.cfg, plan.ds, plan.out
     previous = previous_record(out)
     resume = (plan.run_dir / "fingerprint.json").is_file() and not plan.args.force
@@ -517,7 +533,7 @@ def run_plan(plan: Plan) -> Path:
         log("note: on CUDA some kernels are nondeterministic; the last digits of OOF files may vary")
     write_json(plan.run_dir / "fingerprint.json", plan.record)
     clock = Clock(plan.run_dir / "runtime.json", reset=plan.args.force)
-    train_folds(plan, log, clock)
+    train_folds(plan, log, clock, on_model)
 
     group, combine, subs = sub_runs(cfg, ds.encoders)
     results, histories = {}, {}
@@ -538,11 +554,19 @@ def run_plan(plan: Plan) -> Path:
     return out
 
 
+def run_variant(exp_dir, argv=None, on_model=None) -> Path:
+    """One run from command-line arguments -> its output folder; errors raise (UserError) instead of exiting.
+
+    For callers in this process (src/tune.py); on_model: see train_folds.
+    """
+    plan = prepare(Path(exp_dir), parse_args(argv))
+    try:
+        return run_plan(plan, on_model)
+    except WriteError as err:  # a late failure (disk filled, permissions changed): say how to finish
+        raise checks.write_failed(err) from None
+
+
 @cli
 def run(exp_dir, argv=None) -> Path:
     """Entry point of every exp/*/run.py."""
-    plan = prepare(Path(exp_dir), parse_args(argv))
-    try:
-        return run_plan(plan)
-    except WriteError as err:  # a late failure (disk filled, permissions changed): say how to finish
-        raise checks.write_failed(err) from None
+    return run_variant(exp_dir, argv)

@@ -298,15 +298,17 @@ def fig_modality(run: Run) -> Figure:
 def selection_frequency(run: Run) -> tuple[np.ndarray, np.ndarray, str]:
     """(mean [E], std [E], label): fraction of OOF clips whose gate keeps each encoder, per seed then averaged.
 
-    Reads each seed's fold files (folds/<sub-run>/fold*_seed*.npz); without them, the seed-averaged gates of
-    oof.csv, which count an encoder kept by any seed (labelled as such).
+    Reads each seed's fold files (runs/<fingerprint>/folds/<sub-run>/fold*_seed*.npz); without them, the
+    seed-averaged gates of oof.csv, which count an encoder kept by any seed (labelled as such).
     """
-    folder = run.out / "folds" / str(run.metrics.get("best_top_n", ""))
+    from src.pipeline import read_fold
+    fp = run.config.get("run", {}).get("fingerprint", "")
+    folder = run.out / "runs" / fp / "folds" / str(run.metrics.get("best_top_n", ""))
     per_seed: dict[str, list] = {}
-    for path in sorted(folder.glob("fold*_seed*.npz")):
-        with np.load(path) as z:
-            if "valid_gate" in z.files:
-                per_seed.setdefault(path.stem.split("_seed")[1], []).append(z["valid_gate"] > 0)
+    for path in sorted(folder.glob("fold*_seed*.npz")) if fp else []:
+        valid, _, _ = read_fold(path)
+        if "gate" in valid:
+            per_seed.setdefault(path.stem.split("_seed")[1], []).append(valid["gate"] > 0)
     counts = {len(np.concatenate(v)) for v in per_seed.values()}
     if per_seed and counts == {len(run.oof)}:
         freq = np.array([np.concatenate(v).mean(0) for v in per_seed.values()])  # [S, E]

@@ -34,6 +34,12 @@ def output_roots(tmp_path_factory):
 
 
 @pytest.fixture
+def exp_root(output_roots) -> Path:
+    """The session's output root: mirrors exp/ (outputs) and holds the experiments `tune` writes."""
+    return Path(os.environ["BLEMORE_OUTPUT_ROOT"])
+
+
+@pytest.fixture
 def make_dataset(tmp_path):
     """Factory: write a tiny synthetic dataset with a unique folder name."""
     def make(**kwargs):
