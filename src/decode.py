@@ -256,9 +256,15 @@ def decode_test(fold_parts: dict, params: dict, per_fold: list[dict], scheme: st
     n_folds = len(per_fold)
     if len(next(iter(fold_parts.values()))) != n_folds:
         raise ValueError(f"decode_test: {len(next(iter(fold_parts.values())))} fold slices for {n_folds} folds")
-    votes = np.zeros((len(mean_pred), len(IS_BLEND)))
-    for k, fold_params in enumerate(per_fold):
-        pred = apply_decoder({name: v[k] for name, v in fold_parts.items()}, fold_params)
+    return vote([apply_decoder({name: v[k] for name, v in fold_parts.items()}, fold_params)
+                 for k, fold_params in enumerate(per_fold)], mean_pred)
+
+
+def vote(preds: list[np.ndarray], tie_break: np.ndarray) -> np.ndarray:
+    """Per clip the configuration most fold decoders chose: preds [K] of int [N] -> int [N]; ties go to
+    tie_break's configuration when it is among them, else to the lowest configuration index."""
+    votes = np.zeros((len(tie_break), len(IS_BLEND)))
+    for pred in preds:
         votes[np.arange(len(pred)), pred] += 1
-    votes[np.arange(len(mean_pred)), mean_pred] += 0.5  # less than one vote: only breaks ties
+    votes[np.arange(len(tie_break)), tie_break] += 0.5  # less than one vote: only breaks ties
     return np.argmax(votes, axis=1)

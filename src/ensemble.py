@@ -259,21 +259,23 @@ def stack(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.ndarray, X_
           probs_test: np.ndarray, seed: int = SEED) -> dict:
     """Cross-fitted stacker. X float [N, F], probs float [M, N, 6] members' prob columns, y int [N], folds
     int [N], X_test float [T, F], probs_test [M, T, 6] -> oof float [N, 36] (fold k from the stacker trained
-    on the other folds), test float [T, 36] (mean over the fold stackers), inner {k: float [N, 36]} (the
-    other folds' rows predicted by inner-CV stackers that never saw fold k; fold k's rows are NaN),
-    fitted {k: rounds, prior weights, tau, bias}, gain float [F]."""
-    oof, test = np.zeros((len(y), N_CONFIGS)), np.zeros((len(X_test), N_CONFIGS))
+    on the other folds), test float [T, 36] (mean over the fold stackers), test_folds float [K, T, 36] (each
+    fold stacker's), inner {k: float [N, 36]} (the other folds' rows predicted by inner-CV stackers that
+    never saw fold k; fold k's rows are NaN), fitted {k: rounds, prior weights, tau, bias}, gain float [F]."""
+    oof, test_folds = np.zeros((len(y), N_CONFIGS)), []
     inner, fitted, gain = {}, {}, np.zeros(X.shape[1])
     ids = np.unique(folds)
     for k in ids:
         rows = folds != k
         predict, fitted[int(k)], inner_k, g = fit_stacker(X[rows], probs[:, rows], y[rows], folds[rows], seed + int(k))
         oof[~rows] = predict(X[~rows], probs[:, ~rows])
-        test += predict(X_test, probs_test) / len(ids)
+        test_folds.append(predict(X_test, probs_test))
         inner[int(k)] = np.full((len(y), N_CONFIGS), np.nan)
         inner[int(k)][rows] = inner_k
         gain += g
-    return {"oof": oof, "test": test, "inner": inner, "fitted": fitted, "gain": gain}
+    test_folds = np.stack(test_folds)
+    return {"oof": oof, "test": test_folds.mean(0), "test_folds": test_folds, "inner": inner, "fitted": fitted,
+            "gain": gain}
 
 
 def decode_configs(config_probs: np.ndarray, params: dict) -> np.ndarray:
@@ -302,8 +304,9 @@ def choose_decoder(config_probs: np.ndarray, y: np.ndarray, folds: np.ndarray) -
 def fit_predict_lgbm(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndarray,
                      probs_test: np.ndarray, seed: int = SEED) -> dict:
     """The stacker plus its decoder, nested: fold k is decoded by a decoder chosen and fitted on the inner
-    OOF of the other folds (stackers that never saw fold k). Test: decoder chosen on the whole stacked OOF.
-    Shapes as in `stack`."""
+    OOF of the other folds (stackers that never saw fold k). Test, as the OOF rows were decoded: fold k's
+    stacker's test output with fold k's decoder, then a vote per clip (ties: the decoder chosen on the whole
+    stacked OOF, applied to the mean of the fold stackers). Shapes as in `stack`."""
     stacked = stack(X, probs, y, folds, X_test, probs_test, seed)
     oof_pred, per_fold = np.empty(len(y), dtype=int), []
     for k in np.unique(folds):
@@ -312,10 +315,12 @@ def fit_predict_lgbm(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.
         oof_pred[inside] = decode_configs(stacked["oof"][inside], params)
         per_fold.append({"fold": int(k), **stacked["fitted"][int(k)], **params})
     params = choose_decoder(stacked["oof"], y, folds)
+    test_pred = decode.vote([decode_configs(t, p) for t, p in zip(stacked["test_folds"], per_fold)],
+                            decode_configs(stacked["test"], params))
     return {"oof_config": stacked["oof"], "test_config": stacked["test"], "gain": stacked["gain"],
             "oof_prob": stacked["oof"] @ SALIENCE, "test_prob": stacked["test"] @ SALIENCE,
-            "oof_pred": oof_pred, "test_pred": decode_configs(stacked["test"], params),
-            "decoder": {**params, "per_fold": per_fold}}
+            "oof_pred": oof_pred, "test_pred": test_pred,
+            "decoder": {**params, "per_fold": per_fold, "test_scheme": "vote"}}
 
 
 # ---- the whole ensemble -------------------------------------------------------------------------------

@@ -177,8 +177,11 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     try:
         # Heartbeats let a later worker see that a killed worker's trial is dead and retry it once.
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=120,
-                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(1))
+        with warnings.catch_warnings():  # heartbeats are marked experimental in optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=120,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     except Exception as err:  # noqa: BLE001 - optuna and sqlalchemy raise many kinds for a bad URL
         raise UserError(f"--storage {url}: cannot open ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 

@@ -53,6 +53,25 @@ def test_stacked_oof_of_a_fold_ignores_that_folds_labels(how):
     assert not np.array_equal(a["oof_config"][~inside], b["oof_config"][~inside])
 
 
+def test_stacker_test_rows_are_decoded_per_fold_and_voted(monkeypatch):
+    """Each fold stacker's test output goes through that fold's decoder, as its OOF rows did, then a vote."""
+    probs, probs_test, y, folds = toy_stack_data()
+    X, X_test = np.hstack(list(probs)), np.hstack(list(probs_test))
+    seen = {}
+    real_stack = ensemble.stack
+    monkeypatch.setattr(ensemble, "stack", lambda *a, **k: seen.setdefault("s", real_stack(*a, **k)))
+    res = ensemble.fit_predict_lgbm(X, probs, y, folds, X_test, probs_test)
+    stacked, per_fold = seen["s"], res["decoder"]["per_fold"]
+    assert stacked["test_folds"].shape == (3, 40, N_CONFIGS) and np.allclose(stacked["test_folds"].mean(0), stacked["test"])
+    each = np.stack([ensemble.decode_configs(t, p) for t, p in zip(stacked["test_folds"], per_fold)])  # [K, T]
+    mean_pred = ensemble.decode_configs(stacked["test"], res["decoder"])
+    for i in range(X_test.shape[0]):
+        counts = np.bincount(each[:, i], minlength=N_CONFIGS)
+        winners = np.flatnonzero(counts == counts.max())
+        assert res["test_pred"][i] == (mean_pred[i] if mean_pred[i] in winners else winners[0])
+    assert res["decoder"]["test_scheme"] == "vote"
+
+
 def test_fitted_weights_of_a_fold_ignore_that_folds_labels():
     probs, probs_test, y, folds = toy_stack_data()
     a = ensemble.fit_predict_blend(probs, probs_test, y, folds, fit_weights=True)
