@@ -156,9 +156,27 @@ def with_given_dropout(model: nn.Module):
     return template, feed, spec
 
 
-def layer_masks(gen: torch.Generator, spec: list, n: int) -> list[torch.Tensor]:
-    """One forward pass's dropout masks [n, width], drawn as F.dropout draws them from the global stream."""
-    return [torch.empty(n, w).bernoulli_(1 - p, generator=gen).div_(1 - p) for p, w in spec]
+def dropout_masks(rngs: list, active: np.ndarray, spec: list, n: int, passes: int, device) -> list[torch.Tensor]:
+    """Per forward pass and dropout layer in call order: masks [M, n, width], scaled as F.dropout scales them,
+    each active model's drawn from its layers stream as F.dropout draws them (bernoulli_ consumes the stream
+    element by element, so one draw over the concatenation is the same draws); masked models' rows stay unused.
+    """
+    sizes = [n * w for _ in range(passes) for _, w in spec]
+    ps = [p for _ in range(passes) for p, _ in spec]
+    if not sizes:
+        return []
+    buf = torch.ones(len(rngs), sum(sizes))
+    for m in np.flatnonzero(active):
+        gen = rngs[m]["layers"]
+        if len(set(ps)) == 1:
+            buf[m].bernoulli_(1 - ps[0], generator=gen)
+        else:
+            for chunk, p in zip(buf[m].split(sizes), ps):
+                chunk.bernoulli_(1 - p, generator=gen)
+    chunks = buf.to(device).split(sizes, 1)
+    for chunk, p in zip(chunks, ps):
+        chunk.div_(1 - p)
+    return [c.view(len(rngs), n, -1) for c in chunks]
 
 
 @contextmanager
@@ -322,7 +340,7 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
     template, feed, spec = with_given_dropout(models[0])
     template.train()
     opt = StackedAdam(params, t.weight_decay, decoupled=t.optimizer == "adamw")
-    M, dev = len(models), data.device
+    dev = data.device
     sums = torch.zeros(len(models), t.epochs, device=dev)
     loss_fn = make_loss(template, feed, cfg, cfg.adapt.coral_weight > 0)
     with vmap_friendly_attention():
@@ -333,11 +351,8 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
             calls = [(j, n) for j in range(sizes.shape[1]) for n in sorted(set(sizes[:, j][sizes[:, j] > 0].tolist()))]
             for j, n in calls:
                 active = sizes[:, j] == n
-                # each model's dropout masks from its layers stream: source pass, then CORAL target pass
-                given = [[layer_masks(rngs[m]["layers"], spec, n) if active[m] else None for m in range(M)]
-                         for _ in range(2 if plan["coral"] else 1)]
-                masks = [stack_masks([None if g is None else g[q] for g in per], (n, w), dev)
-                         for per in given for q, (_, w) in enumerate(spec)]
+                # each model's dropout masks from its layers stream: source pass, then the CORAL target pass
+                masks = dropout_masks(rngs, active, spec, n, 2 if plan["coral"] else 1, dev)
                 mask = torch.from_numpy(active).to(dev)
                 losses = step(loss_fn, params, buffers, opt, data, plan, j, n, masks, len(spec), mask, lr,
                               bool(active.all()))
@@ -346,11 +361,6 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
         model.load_state_dict({k: v[i].detach().clone() for k, v in {**params, **buffers}.items()})
     sums = sums.cpu()
     return [{"train_loss": [round(float(v) / len(tr), 6) for v in sums[i]]} for i, tr in enumerate(data.train_rows)]
-
-
-def stack_masks(per_model: list, shape: tuple, device) -> torch.Tensor:
-    """[M, n, width]: each active model's mask, ones for the masked models (their step is discarded)."""
-    return torch.stack([torch.ones(shape) if g is None else g for g in per_model]).to(device)
 
 
 def step(loss_fn, params, buffers, opt, data: StackedInputs, plan: dict, j: int, n: int, masks: list,
