@@ -234,7 +234,7 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
                                                             cfg.seed + 100 * s + k, plan.device, sub.prior,
                                                             draw_seed=cfg.seed + 100 * s)
                     save_fold(plan, sub, s, k, result, time.time() - t0 if share is None else share, log,
-                              batched=bool(batch))
+                              in_batch=bool(batch))
                     clock.save()
                 progress.advance(task)
                 if on_model is not None:
@@ -243,7 +243,7 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
 
 
 def save_fold(plan: Plan, sub: SubRun, s: int, k: int, result: tuple, seconds: float, log: Log,
-              batched: bool = False) -> None:
+              in_batch: bool = False) -> None:
     """Check one fold x seed model's predictions, then write its checkpoint and fold file and log its history.
 
     seconds: its training time (batched: its share of the batch's)."""
@@ -255,14 +255,14 @@ def save_fold(plan: Plan, sub: SubRun, s: int, k: int, result: tuple, seconds: f
             if key in extras} | ({"state_dict": state} if state is not None else {})
     atomic_write(fold_path(plan, sub, k, s, "models"), lambda p: torch.save(ckpt, p))
     meta = {"seconds": round(seconds, 1), "history": extras.get("history"), "fixed_encoders": extras.get("fixed_encoders"),
-            "batched": batched}
+            "batched": in_batch}
     write_fold(fold_path(plan, sub, k, s), valid, test, meta, extras.get("projections") if s == 0 else None)
     for e, loss in enumerate((extras.get("history") or {}).get("train_loss", []), start=1):
         inner = extras["history"].get("inner_loss", [])
         log(f"{label} epoch {e}: train loss {loss:.4f}"
             + (f", inner-split loss {inner[e - 1]:.4f}" if e <= len(inner) else ""), file_only=True)
     note = f" fixed encoders {extras['fixed_encoders']}" if "fixed_encoders" in extras else ""
-    how = f"trained in the batch ({meta['seconds']:.1f}s per model)" if batched else f"trained in {meta['seconds']:.1f}s"
+    how = f"trained in the batch ({meta['seconds']:.1f}s per model)" if in_batch else f"trained in {meta['seconds']:.1f}s"
     log(f"{label}: {how}{note}")
 
 
