@@ -4,6 +4,8 @@
 (b) wall time of experiments on the default dataset (and, with --full-size, exp042 on real widths);
 (c) the LightGBM ensemble of three members; (d) feature extraction throughput;
 (e) with --prepare, `bash run.sh prepare` on a generated full-size copy of the organisers' download.
+`--training [EXP ...]` instead: only matrix-product GFLOP/s on the fusion model's shapes, then sequential vs
+batched training (train.batched) of each EXP (default exp042) at 1 and 2 threads, with the achieved model FLOP/s.
 Runs train in their own output and submission roots under .cache/bench/, never in a user's exp/*/output/.
 """
 from __future__ import annotations
@@ -92,8 +94,11 @@ def bench_experiment(exp_id: str, *args: str) -> dict:
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     out = output_dir(resolve(exp_id), input_name, variant_name(False, sets))
     metrics = json.loads((out / "metrics.json").read_text())
+    from src.pipeline import seed_spread
     return {"experiment": exp_id, "input": input_name, "wall_s": round(wall, 1),
-            "oof_score": metrics["oof"]["score"], "test_score": metrics.get("test", {}).get("score")}
+            "oof_score": metrics["oof"]["score"], "test_score": metrics.get("test", {}).get("score")} \
+        | {k: v for k, v in seed_spread(metrics["seeds"]).items() if k in ("oof_score_mean", "oof_score_std",
+                                                                            "test_score_mean", "test_score_std")}
 
 
 def bench_full_size(seeds: int) -> dict:
@@ -106,6 +111,107 @@ def bench_full_size(seeds: int) -> dict:
     generate_s = round(time.perf_counter() - t0, 1)
     res = bench_experiment("exp042", "--input", str(full), "--set", f"train.seeds={seeds}")
     return {**res, "seeds": seeds, "generate_s": generate_s}
+
+
+def forward_flops(cfg, widths: list[int]) -> float:
+    """Matrix-product FLOPs (2 per multiply-add) of one clip's forward pass; widths: per encoder."""
+    m = cfg.model
+    if m.name == "mlp":
+        return 2.0 * (sum(widths) * m.hidden + m.hidden * 6)
+    E, S = len(widths), m.shared_dim
+    heads = 2 if m.heads == "two" else 1
+    return 2.0 * (sum(widths) * S          # projectors
+                  + E * S * 3 * S          # attention in-projection
+                  + 2 * E * E * S          # attention scores and weighted values
+                  + E * S * S + E * S      # attention out-projection, scorer
+                  + S * m.fused_dim + heads * m.fused_dim * 6)
+
+
+def training_flops(exp_id: str, input_dir: Path) -> float:
+    """FLOPs of training every model of an experiment: 3x the forward (backward ~2x), twice with CORAL."""
+    from src import config, data
+    from src.models import n_seeds, sub_runs
+    cfg = config.load(resolve(exp_id))
+    ds = data.load(input_dir, cfg.data.encoders, cfg.data.allow_missing)
+    total = 0.0
+    for sub in sub_runs(cfg, ds.encoders)[2]:
+        if sub.prior is not None:
+            continue
+        per_clip = 3 * forward_flops(sub.cfg, [ds.features[e].shape[1] for e in sub.encoders])
+        per_clip *= 2 if sub.cfg.adapt.coral_weight > 0 else 1
+        probes = 2 if sub.cfg.model.name == "fusion" and sub.cfg.model.selection == "fixed" else 1
+        rows = sum(len(ds.split(k)[0]) for k in ds.fold_ids)
+        total += per_clip * rows * sub.cfg.train.epochs * n_seeds(cfg, sub) * probes
+    return total
+
+
+def matmul_shapes(widths: list[int], batch: int = 64, shared: int = 256, fused: int = 512):
+    """The (rows, inner, cols) matrix products of the fusion model's forward pass at these widths."""
+    tokens = len(widths)
+    return ([(batch, w, shared) for w in widths] + [(batch * tokens, shared, 3 * shared),
+            (batch * tokens, shared, shared), (batch, shared, fused)])
+
+
+def matmul_rate(shapes, models: int = 15, seconds: float = 2.0) -> float:
+    """GFLOP/s of this process on the model's products, forward + both backward products, `models` at once."""
+    import torch
+    mats = [(torch.randn(models, r, k), torch.randn(models, k, c), torch.randn(models, r, c)) for r, k, c in shapes]
+    flops = sum(6 * models * r * k * c for r, k, c in shapes)
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for x, w, g in mats:
+            torch.bmm(x, w), torch.bmm(x.transpose(1, 2), g), torch.bmm(g, w.transpose(1, 2))
+        done += 1
+    return flops * done / (time.perf_counter() - t0) / 1e9
+
+
+def _rate_one_thread(shapes) -> float:
+    import torch
+    torch.set_num_threads(1)
+    return matmul_rate(shapes)
+
+
+def bench_matmul(input_dir: Path) -> dict:
+    """Matrix-product GFLOP/s on the fusion model's shapes: 1 thread, 2 threads, 2 processes x 1 thread."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+    from src import data
+    ds = data.load(input_dir)
+    shapes = matmul_shapes([ds.features[e].shape[1] for e in ds.encoders])
+    res = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        res[f"threads_{threads}_gflops"] = round(matmul_rate(shapes), 1)
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        res["processes_2x1_gflops"] = round(sum(pool.map(_rate_one_thread, [shapes, shapes])), 1)
+    return res
+
+
+def bench_training(exp_id: str, input_dir: Path, matmul_gflops: float, threads=(1, 2)) -> list:
+    """Sequential vs batched wall time of one experiment at each thread count; achieved model FLOP/s.
+
+    train_s sums the log's training times (batched: "N fold x seed models trained at once in Xs")."""
+    import re
+    flops = training_flops(exp_id, input_dir)
+    rows = []
+    # sequential with more threads last: on a busy machine it is by far the slowest
+    for batched, t in [(False, 1), (True, 1)] + [(b, t) for t in threads if t > 1 for b in (True, False)]:
+        sets = ("--set", f"train.batched={str(batched).lower()}", "--set", f"train.num_threads={t}")
+        log = output_dir(resolve(exp_id), input_dir.name, variant_name(False, [sets[1], sets[3]])) / "log.txt"
+        before = log.stat().st_size if log.is_file() else 0  # log.txt grows by one run's lines per run
+        res = bench_experiment(exp_id, "--input", str(input_dir), *sets)
+        with open(log) as fh:
+            fh.seek(before)
+            lines = fh.read()
+        pattern = r"models trained at once in ([0-9.]+)s" if batched else r"trained in ([0-9.]+)s"
+        train_s = sum(float(x) for x in re.findall(pattern, lines))
+        rows.append({**res, "batched": batched, "num_threads": t, "train_s": round(train_s, 1),
+                     "model_tflop": round(flops / 1e12, 2), "achieved_gflops": round(flops / max(train_s, 1e-9) / 1e9, 1),
+                     "of_matmul_rate": round(flops / max(train_s, 1e-9) / 1e9 / matmul_gflops, 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def bench_prepare(seed: int = 0) -> dict:
@@ -140,9 +246,27 @@ def main(argv=None):
     p.add_argument("--skip-runs", action="store_true", help="only the grid-search benchmark")
     p.add_argument("--skip-extract", action="store_true", help="skip the feature-extraction benchmark")
     p.add_argument("--prepare", action="store_true", help="also time `prepare` on a generated full-size download")
+    p.add_argument("--training", nargs="*", metavar="EXP", default=None,
+                   help="only the training benchmark: matmul GFLOP/s, then sequential vs batched wall time "
+                        "at 1 and 2 threads of each EXP (default exp042)")
+    p.add_argument("--input", type=Path, default=None,
+                   help="dataset for --training (default input/synthetic; input/synthetic_full with --full-size)")
     args = p.parse_args(argv)
     # every run below (subprocesses inherit this) and the ensemble read/write the benchmark's own roots
     os.environ.update({"BLEMORE_OUTPUT_ROOT": str(BENCH_ROOT / "exp"), "BLEMORE_SUBMISSIONS": str(BENCH_ROOT / "submissions")})
+    if args.training is not None:
+        from src import synth
+        from src.experiments import DEFAULT_INPUT
+        inputs = args.input or (ROOT / "input" / "synthetic_full" if args.full_size else DEFAULT_INPUT)
+        if not inputs.exists():
+            synth.write(inputs, seed=0, full_size=args.full_size)
+        results = {"matmul": bench_matmul(inputs)}
+        print(json.dumps(results["matmul"]), flush=True)
+        best = max(results["matmul"].values())
+        for exp in args.training or ["exp042"]:
+            results[exp] = bench_training(exp, inputs, best)
+        print(json.dumps(results, indent=2))
+        return
     results = {"grid_search": bench_grid_search()}
     print(json.dumps(results["grid_search"]), flush=True)
     if not args.skip_runs:

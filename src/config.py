@@ -118,7 +118,10 @@ class Train:
     epoch_selection: Literal["fixed", "valid_fold_score"] = "fixed"
     patience: int = opt(5, POSITIVE)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = opt(0, Bounds(low=0))  # 0: all cores
+    # a fixed default, so results never depend on the machine's core count; batched on CPU: that many
+    # single-threaded processes, else torch threads; 0: all cores (results then follow the machine)
+    num_threads: int = opt(2, Bounds(low=0))
+    batched: bool = True  # every fold x seed model of a sub-run at once (src/batched.py); false: one by one
 
 
 @dataclass(frozen=True)

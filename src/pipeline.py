@@ -30,7 +30,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from src import checks
+from src import batched, checks
 from src import config as config_mod
 from src import data as data_mod
 from src import decode, fingerprint, submission, synth
@@ -204,6 +204,9 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
 
     on_model(step, value), when given, runs after each fold x seed model (trained or cached): value is the
     mean fold_signal of the models so far; it may raise to stop the run (a pruned tune trial).
+    train.batched: a sub-run with a missing file trains all its fold x seed models at once (src/batched.py),
+    so on_model sees them once the batch is done. The batch is the resume unit: the whole sub-run retrains,
+    so a resumed run holds the floats of an uninterrupted one, and only the missing files are written.
     """
     cfg, ds = plan.cfg, plan.ds
     _, _, subs = sub_runs(cfg, ds.encoders)
@@ -212,34 +215,55 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
                   console=log.console, transient=True) as progress:
         task = progress.add_task("folds x seeds", total=len(todo))
         signals = []
-        for sub, s, k in todo:
-            path = fold_path(plan, sub, k, s)
-            if plan.args.force or not path.is_file():
+        for sub in subs:
+            jobs = [(s, k) for s in range(n_seeds(cfg, sub)) for k in ds.fold_ids]
+            missing = {(s, k) for s, k in jobs if plan.args.force or not fold_path(plan, sub, k, s).is_file()}
+            batch, share = {}, None
+            if missing and sub.prior is None and sub.cfg.train.batched and batched.supported(sub.cfg):
                 t0 = time.time()
-                train_rows, valid_rows = ds.split(k)
-                valid, test, state, extras = fit_fold(ds, sub.cfg, sub.encoders, train_rows, valid_rows,
-                                                      cfg.seed + 100 * s + k, plan.device, sub.prior,
-                                                      draw_seed=cfg.seed + 100 * s)
-                label = f"{sub.name or 'model'} fold {k} seed {s}"
-                checks.check_predictions({**valid, **test},  # NaN must stop the run, not reach a submission
-                                         f"{label} ({', '.join(sub.encoders) or sub.prior})")
-                ckpt = {key: extras[key] for key in ("mean", "std", "widths", "draw_seed", "n_rows", "prior_config")
-                        if key in extras} | ({"state_dict": state} if state is not None else {})
-                atomic_write(fold_path(plan, sub, k, s, "models"), lambda p: torch.save(ckpt, p))
-                meta = {"seconds": round(time.time() - t0, 1), "history": extras.get("history"),
-                        "fixed_encoders": extras.get("fixed_encoders")}
-                write_fold(path, valid, test, meta, extras.get("projections") if s == 0 else None)
-                for e, loss in enumerate((extras.get("history") or {}).get("train_loss", []), start=1):
-                    inner = extras["history"].get("inner_loss", [])
-                    log(f"{label} epoch {e}: train loss {loss:.4f}"
-                        + (f", inner-split loss {inner[e - 1]:.4f}" if e <= len(inner) else ""), file_only=True)
-                note = f" fixed encoders {extras['fixed_encoders']}" if "fixed_encoders" in extras else ""
-                log(f"{label}: trained in {meta['seconds']:.1f}s{note}")
-                clock.save()
-            progress.advance(task)
-            if on_model is not None:
-                signals.append(fold_signal(plan, path, k))
-                on_model(len(signals) - 1, float(np.mean(signals)))
+                batch = dict(zip(jobs, batched.fit_folds(ds, sub.cfg, sub.encoders, [
+                    (*ds.split(k), cfg.seed + 100 * s + k, cfg.seed + 100 * s) for s, k in jobs], plan.device)))
+                share = (time.time() - t0) / len(jobs)
+                log(f"{sub.name or 'model'}: {len(jobs)} fold x seed models trained at once in {time.time() - t0:.1f}s")
+            for s, k in jobs:
+                path = fold_path(plan, sub, k, s)
+                if (s, k) in missing:
+                    t0 = time.time()
+                    train_rows, valid_rows = ds.split(k)
+                    result = batch.get((s, k)) or fit_fold(ds, sub.cfg, sub.encoders, train_rows, valid_rows,
+                                                            cfg.seed + 100 * s + k, plan.device, sub.prior,
+                                                            draw_seed=cfg.seed + 100 * s)
+                    save_fold(plan, sub, s, k, result, time.time() - t0 if share is None else share, log,
+                              in_batch=bool(batch))
+                    clock.save()
+                progress.advance(task)
+                if on_model is not None:
+                    signals.append(fold_signal(plan, path, k))
+                    on_model(len(signals) - 1, float(np.mean(signals)))
+
+
+def save_fold(plan: Plan, sub: SubRun, s: int, k: int, result: tuple, seconds: float, log: Log,
+              in_batch: bool = False) -> None:
+    """Check one fold x seed model's predictions, then write its checkpoint and fold file and log its history.
+
+    seconds: its training time (batched: its share of the batch's)."""
+    valid, test, state, extras = result
+    label = f"{sub.name or 'model'} fold {k} seed {s}"
+    checks.check_predictions({**valid, **test},  # NaN must stop the run, not reach a submission
+                             f"{label} ({', '.join(sub.encoders) or sub.prior})")
+    ckpt = {key: extras[key] for key in ("mean", "std", "widths", "draw_seed", "n_rows", "prior_config")
+            if key in extras} | ({"state_dict": state} if state is not None else {})
+    atomic_write(fold_path(plan, sub, k, s, "models"), lambda p: torch.save(ckpt, p))
+    meta = {"seconds": round(seconds, 1), "history": extras.get("history"), "fixed_encoders": extras.get("fixed_encoders"),
+            "batched": in_batch}
+    write_fold(fold_path(plan, sub, k, s), valid, test, meta, extras.get("projections") if s == 0 else None)
+    for e, loss in enumerate((extras.get("history") or {}).get("train_loss", []), start=1):
+        inner = extras["history"].get("inner_loss", [])
+        log(f"{label} epoch {e}: train loss {loss:.4f}"
+            + (f", inner-split loss {inner[e - 1]:.4f}" if e <= len(inner) else ""), file_only=True)
+    note = f" fixed encoders {extras['fixed_encoders']}" if "fixed_encoders" in extras else ""
+    how = f"trained in the batch ({meta['seconds']:.1f}s per model)" if in_batch else f"trained in {meta['seconds']:.1f}s"
+    log(f"{label}: {how}{note}")
 
 
 # ---- stage 2: fold files -> OOF and test parts ------------------------------------------------------------

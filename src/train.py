@@ -271,42 +271,56 @@ def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed
         config = prior_config(ds, prior, train_rows)
         return prior_parts(config, len(valid_rows)), prior_parts(config, len(test_rows)), None, {"prior_config": config}
     rng = seed_everything(seed)
-    concat = cfg.model.name == "mlp"
-    stats = [fit_standardizer(ds.features[e], train_rows, ds.present[e]) for e in encoders]
-    inp = make_inputs([ds.features[e] for e in encoders], [ds.present[e] for e in encoders], stats, concat, device,
-                      ds.labels)
-    widths = [x.shape[1] for x in inp.xs]
-    draw_seed = seed if draw_seed is None else draw_seed
-    if cfg.model.name == "fusion" and cfg.model.selection == "random":
-        inp.draws = prediction_draws(draw_seed, len(inp.available), len(encoders), cfg.model.random_draws, device)
+    inp, extras = fold_inputs(ds, cfg, encoders, train_rows, seed if draw_seed is None else draw_seed, device)
     # CORAL targets: clips this model is not trained on (its validation fold and the test set), features only
     target_rows = np.concatenate([valid_rows, test_rows])
     fit_rows, stop_rows = inner_split(ds, train_rows) if cfg.train.early_stopping else (train_rows, None)
-    extras = {"mean": [m for m, _ in stats], "std": [s for _, s in stats], "widths": widths,
-              "draw_seed": draw_seed, "n_rows": len(inp.available)}
     fixed = None
     if cfg.model.name == "fusion" and cfg.model.selection == "fixed":
         # the control: pick the n encoders with the highest mean gate of a learned-selection model, trained
         # and measured on this fold's training rows only. The probe runs on its own copy of the streams (it is
         # the learned arm's model at this seed); the control below starts from the same weights and batch order.
-        probe = init_model(cfg, widths, seed, device)
+        probe = init_model(cfg, extras["widths"], seed, device)
         probe.selection = "learned"
         train_model(probe, inp, fit_rows, cfg, seed_everything(seed), target_rows, stop_rows)
-        mean_gate = torch.as_tensor(predict(probe, inp, train_rows)["gate"].mean(0))
-        fixed = mean_gate  # priorities: the n highest, then the next ones for clips missing one of them
-        extras["fixed_encoders"] = [encoders[i] for i in torch.argsort(-mean_gate, stable=True)[:probe.top_n]]
-    model = init_model(cfg, widths, seed, device, fixed)
+        fixed = choose_fixed(probe, inp, train_rows, encoders, extras)
+    model = init_model(cfg, extras["widths"], seed, device, fixed)
     epochs = EpochPredictions(inp, {"valid": valid_rows, "test": test_rows}) \
         if cfg.train.epoch_selection == "valid_fold_score" else None
     model, extras["history"] = train_model(model, inp, fit_rows, cfg, rng, target_rows, stop_rows, on_epoch=epochs)
+    return predict_fold(model, inp, valid_rows, test_rows, extras, epochs)
+
+
+def fold_inputs(ds: Dataset, cfg, encoders: list[str], train_rows, draw_seed: int, device):
+    """(FoldInputs standardised with train_rows' statistics, extras with what a checkpoint needs: mean, std,
+    widths, draw_seed, n_rows); the random control's prediction draws in inp.draws."""
+    stats = [fit_standardizer(ds.features[e], train_rows, ds.present[e]) for e in encoders]
+    inp = make_inputs([ds.features[e] for e in encoders], [ds.present[e] for e in encoders], stats,
+                      cfg.model.name == "mlp", device, ds.labels)
+    if cfg.model.name == "fusion" and cfg.model.selection == "random":
+        inp.draws = prediction_draws(draw_seed, len(inp.available), len(encoders), cfg.model.random_draws, device)
+    return inp, {"mean": [m for m, _ in stats], "std": [s for _, s in stats], "widths": [x.shape[1] for x in inp.xs],
+                 "draw_seed": draw_seed, "n_rows": len(inp.available)}
+
+
+def choose_fixed(probe, inp: FoldInputs, train_rows, encoders: list[str], extras: dict) -> torch.Tensor:
+    """float [E]: the fixed control's priorities, the probe's mean gate over the training rows (names into extras)."""
+    mean_gate = torch.as_tensor(predict(probe, inp, train_rows)["gate"].mean(0))
+    # priorities: the n highest, then the next ones for clips missing one of them
+    extras["fixed_encoders"] = [encoders[i] for i in torch.argsort(-mean_gate, stable=True)[:probe.top_n]]
+    return mean_gate
+
+
+def predict_fold(model, inp: FoldInputs, valid_rows, test_rows, extras: dict, epochs=None):
+    """A trained fold model -> (valid parts, test parts, CPU state_dict, extras + fusion projections)."""
     valid = predict(model, inp, valid_rows)
     test = predict(model, inp, test_rows)
     if epochs is not None:
         valid, test = valid | epochs.parts("valid"), test | epochs.parts("test")
-    if cfg.model.name == "fusion":
+    if isinstance(model, FusionNet):
         with torch.no_grad():
             model.eval()
-            idx = torch.as_tensor(valid_rows, device=device)
+            idx = torch.as_tensor(valid_rows, device=inp.available.device)
             proj = model([x[idx] for x in inp.xs], inp.available[idx], draw=row_draw(inp, idx))["projections"]
         # [n_valid, E, S] for CKA analysis; NaN where the clip lacks the encoder, so CKA leaves those rows out
         proj = torch.where(inp.available[idx].unsqueeze(-1), proj, float("nan"))

@@ -57,16 +57,18 @@ class FusionNet(nn.Module):
         return self.scorer(tokens + context).squeeze(-1)
 
     def forward(self, xs: list[torch.Tensor], available: torch.Tensor, generator=None, draw=None,
-                dropout_generator=None) -> dict:
+                dropout_generator=None, dropped=None) -> dict:
         """xs: per encoder float [B, D_e]; available: bool [B, E] -> logits, gate weights [B, E], fused [B, F].
 
         generator: draws of the random control in training; draw: float [B, E], the random control's
-        priorities given by the caller (one fixed draw per clip at prediction); dropout_generator: encoder dropout.
+        priorities given by the caller (one fixed draw per clip at prediction); dropout_generator: encoder dropout;
+        dropped: float [B, E], encoder dropout's uniforms given by the caller (src/batched.py: vmap takes no generator).
         """
         available = torch.where(available.any(1, keepdim=True), available, torch.ones_like(available))
         if self.training and self.encoder_dropout > 0:
-            dropped = torch.rand(available.shape, device="cpu",
-                                 generator=generator if dropout_generator is None else dropout_generator)
+            if dropped is None:
+                dropped = torch.rand(available.shape, device="cpu",
+                                     generator=generator if dropout_generator is None else dropout_generator)
             kept = available & (dropped.to(available.device) >= self.encoder_dropout)
             available = torch.where(kept.any(1, keepdim=True), kept, available)
         raw = torch.stack([p(x) for p, x in zip(self.projectors, xs)], 1)  # [B, E, S]

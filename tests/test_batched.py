@@ -1,0 +1,133 @@
+"""The batched trainer (src/batched.py) against the sequential one (src/train.py) on tiny synthetic data."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import output_dir, run_exp
+from src import config, data
+from src.batched import fit_folds, supported
+from src.experiments import resolve
+from src.train import fit_fold
+
+CPU = torch.device("cpu")
+
+
+def small_cfg(exp_id: str, **model):
+    """exp_id's config, 2 epochs (smoke), small widths, batches of 32 (several steps, ragged last batches)."""
+    cfg = config.load(resolve(exp_id), smoke=True)
+    model = {**({"shared_dim": 16, "fused_dim": 16, "gate_heads": 2} if cfg.model.name == "fusion"
+                else {"hidden": 32}), **model}
+    return replace(cfg, model=replace(cfg.model, **model), train=replace(cfg.train, batch_size=32, num_threads=1))
+
+
+def jobs_of(ds, seeds=(3, 11, 5)):
+    """One job per fold, each with its own seed: (train_rows, valid_rows, seed, draw_seed)."""
+    return [(*ds.split(k), s, 100 + s) for k, s in zip(ds.fold_ids, seeds)]
+
+
+# The gate is a softmax over encoders, unchanged by a shift of all scores or all attention logits: these
+# biases get gradients of pure float noise, which Adam scales into lr-sized steps, so they match only
+# loosely between two summation orders (and change no output).
+SHIFT_INVARIANT = ("scorer.1.bias", "scorer.0.bias", "attention.in_proj_bias")
+
+
+def assert_same_states(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        atol = 1e-3 if k in SHIFT_INVARIANT else 2e-5
+        assert torch.allclose(a[k].float(), b[k].float(), atol=atol), (k, (a[k].float() - b[k].float()).abs().max())
+
+
+CASES = {  # exp, model overrides, adapt overrides, train overrides
+    "mlp_dropout": ("exp020", {"dropout": 0.3}, {}, {}),
+    "fusion_topn_coral_dropout": ("exp042", {"top_n": 3}, {}, {}),  # exp042 keeps dropout 0.3, adamw, cosine
+    "fusion_random_encoder_dropout": ("exp043", {"top_n": 2, "encoder_dropout": 0.3}, {"coral_weight": 10.0}, {}),
+    "fusion_fixed_adam": ("exp044", {"top_n": 3}, {},
+                          {"optimizer": "adam", "schedule": "constant", "weight_decay": 0.01}),
+    "fusion_rank_order_reattend": ("exp048", {"top_n": 2, "reattend": True}, {}, {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_batched_equals_sequential(shared_dataset, case):
+    """Each model trained inside a batch of three ends with the weights, predictions, history and checkpoint
+    extras it gets alone from fit_fold."""
+    exp_id, model, adapt, train = CASES[case]
+    cfg = small_cfg(exp_id, **model)
+    cfg = replace(cfg, adapt=replace(cfg.adapt, **adapt), train=replace(cfg.train, **train))
+    assert supported(cfg)
+    ds = data.load(shared_dataset)
+    jobs = jobs_of(ds)
+    batched = fit_folds(ds, cfg, ds.encoders, jobs, CPU)
+    for (tr, va, seed, draw_seed), (valid, test, state, extras) in zip(jobs, batched):
+        s_valid, s_test, s_state, s_extras = fit_fold(ds, cfg, ds.encoders, tr, va, seed, CPU, draw_seed=draw_seed)
+        assert_same_states(s_state, state)
+        assert list(s_valid) == list(valid) and list(s_test) == list(test)
+        for part in s_valid:
+            assert np.allclose(s_valid[part], valid[part], atol=1e-5) and np.allclose(s_test[part], test[part], atol=1e-5)
+        assert sorted(s_extras) == sorted(extras)
+        assert np.allclose(s_extras["history"]["train_loss"], extras["history"]["train_loss"], atol=1e-4)
+        assert len(extras["history"]["train_loss"]) == cfg.train.epochs
+        for key in ("widths", "draw_seed", "n_rows", "fixed_encoders"):
+            assert s_extras.get(key) == extras.get(key), key
+        for key in ("mean", "std"):
+            assert all(np.array_equal(a, b) for a, b in zip(s_extras[key], extras[key]))
+        if "projections" in s_extras:
+            assert np.allclose(s_extras["projections"], extras["projections"], atol=2e-3, equal_nan=True)
+
+
+def test_a_model_does_not_see_the_other_models(shared_dataset):
+    """Changing another model's rows, CORAL targets and seed leaves this model's weights bit-identical."""
+    cfg = small_cfg("exp042", top_n=3)
+    ds = data.load(shared_dataset)
+    jobs = jobs_of(ds)
+    first = fit_folds(ds, cfg, ds.encoders, jobs, CPU)
+    other_tr, other_va = ds.split(ds.fold_ids[0])
+    changed = [jobs[0], (other_tr[::2], other_va, 99, 199), jobs[2]]
+    second = fit_folds(ds, cfg, ds.encoders, changed, CPU)
+    for i in (0, 2):
+        assert all(torch.equal(first[i][2][k], second[i][2][k]) for k in first[i][2])
+    assert not all(torch.allclose(first[1][2][k], second[1][2][k]) for k in first[1][2])  # the check can fail
+
+
+def test_unsupported_configurations_fall_back_to_fit_fold(shared_dataset):
+    """Early stopping (an inner split per model) is trained one model at a time, with its inner-split loss."""
+    cfg = small_cfg("exp042", top_n=3)
+    cfg = replace(cfg, train=replace(cfg.train, early_stopping=True))
+    assert not supported(cfg)
+    ds = data.load(shared_dataset)
+    (_, _, _, extras), = fit_folds(ds, cfg, ds.encoders, jobs_of(ds)[:1], CPU)
+    assert "inner_loss" in extras["history"]
+
+
+def test_worker_processes_train_the_same_models(shared_dataset):
+    """train.num_threads = 2: the jobs split over two single-threaded processes, same models as one process."""
+    cfg = small_cfg("exp042", top_n=3)
+    ds = data.load(shared_dataset)
+    jobs = jobs_of(ds)[:2]
+    one = fit_folds(ds, cfg, ds.encoders, jobs, CPU)
+    two = fit_folds(ds, replace(cfg, train=replace(cfg.train, num_threads=2)), ds.encoders, jobs, CPU)
+    for a, b in zip(one, two):
+        assert_same_states(a[2], b[2])
+
+
+def test_batched_run_is_deterministic_and_resumes_whole_sub_runs(make_dataset):
+    """train.batched in the pipeline: the same config twice gives a byte-identical oof.csv, also after a
+    run that lost a fold file (the whole sub-run retrains in one batch; finished fold files stay)."""
+    root = make_dataset()
+    args = ("--smoke", "--set", "train.batched=true")
+    run_exp("exp042", root, *args)
+    out = output_dir("exp042", root, *args)
+    first = (out / "oof.csv").read_bytes()
+    assert "fold x seed models trained at once" in (out / "log.txt").read_text()
+    folds = sorted(out.glob("runs/*/folds/**/fold*_seed0.npz"))
+    assert len(folds) == 3  # the tiny dataset's three folds, one seed (smoke)
+    stamp = folds[0].stat().st_mtime_ns
+    folds[1].unlink()
+    run_exp("exp042", root, *args)
+    assert folds[1].is_file() and folds[0].stat().st_mtime_ns == stamp
+    assert (out / "oof.csv").read_bytes() == first
+    run_exp("exp042", root, *args, "--force")
+    assert (out / "oof.csv").read_bytes() == first
