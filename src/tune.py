@@ -247,13 +247,15 @@ def spawn_workers(args, k: int) -> int:
 
 def best_table(study, n: int = 10) -> Table:
     table = Table(title=f"study {study.study_name}: best trials (seed-mean OOF, optimistic: chosen among many)")
-    for col in ("trial", "value", "test", *[p for p in study.best_trial.params], "output"):
-        table.add_column(col, justify="left" if col in ("output",) else "right")
+    for col in ("trial", "value", "test", *[p for p in study.best_trial.params], "variant"):
+        table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
     done = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: -t.value)[:n]
     for t in done:
         test = t.user_attrs.get("test_score")
+        show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
         table.add_row(str(t.number), f"{t.value:.4f}", "–" if test is None else f"{test:.4f}",
-                      *[str(t.params.get(p, "–")) for p in study.best_trial.params], t.user_attrs.get("output", ""))
+                      *[show(t.params.get(p, "–")) for p in study.best_trial.params],
+                      "@" + t.user_attrs.get("output", "@").rsplit("@", 1)[-1])
     return table
 
 
