@@ -278,8 +278,10 @@ def fit_fold(ds: Dataset, cfg, encoders: list[str], train_rows, valid_rows, seed
     fixed = None
     if cfg.model.name == "fusion" and cfg.model.selection == "fixed":
         # the control: pick the n encoders with the highest mean gate of a learned-selection model, trained
-        # and measured on this fold's training rows only. The probe runs on its own copy of the streams (it is
-        # the learned arm's model at this seed); the control below starts from the same weights and batch order.
+        # and measured on this fold's training rows only. The probe runs on its own copy of the streams: the
+        # learned arm's initial weights and batch order at this seed, but its dropout-layer masks come from
+        # seed_everything's global seed (called after init_model), so with dropout > 0 it is not that arm's
+        # exact model. Kept as measured (exp044/exp047); the control below starts from the same weights.
         probe = init_model(cfg, extras["widths"], seed, device)
         probe.selection = "learned"
         train_model(probe, inp, fit_rows, cfg, seed_everything(seed), target_rows, stop_rows)
