@@ -62,7 +62,7 @@ def load_truth(input_dir: Path) -> Truth:
 
 def load_arm(name: str, input_dir: Path, truth: Truth) -> Arm:
     """Every seed's OOF and per-fold test parts of one arm, from its run's fold files."""
-    from src.pipeline import read_fold
+    from src.pipeline import read_seed
     run, _, sub = name.partition(":")
     exp_dir, variant = resolve_run(run)
     out = output_dir(exp_dir, Path(input_dir).name, variant)
@@ -71,22 +71,16 @@ def load_arm(name: str, input_dir: Path, truth: Truth) -> Arm:
         raise UserError(f"{run}: no outputs for dataset '{Path(input_dir).name}' (no {config_path})")
     cfg = yaml.safe_load(config_path.read_text())
     folds_dir = out / "runs" / cfg["run"]["fingerprint"] / "folds" / sub
-    fold_ids = sorted(int(k) for k in np.unique(truth.folds))
+    fold_rows = {int(k): np.flatnonzero(truth.folds == k) for k in np.unique(truth.folds)}
+    seeds = range(cfg["train"]["seeds"])
+    missing = [p for s in seeds for k in fold_rows if not (p := folds_dir / f"fold{k}_seed{s}.npz").is_file()]
+    if missing:
+        raise UserError(f"{name}: missing {missing[0]} (unfinished run, or not a sub-run name)")
     oof, test = [], []
-    for s in range(cfg["train"]["seeds"]):
-        o, t = {}, []
-        for k in fold_ids:
-            path = folds_dir / f"fold{k}_seed{s}.npz"
-            if not path.is_file():
-                raise UserError(f"{name}: missing {path} (unfinished run, or not a sub-run name)")
-            valid, tst, _ = read_fold(path)
-            rows = np.flatnonzero(truth.folds == k)
-            for part, v in valid.items():
-                if part != "gate":
-                    o.setdefault(part, np.zeros((len(truth.labels),) + v.shape[1:]))[rows] = v
-            t.append({p: v for p, v in tst.items() if p != "gate"})
+    for s in seeds:
+        o, t, _ = read_seed(folds_dir, s, fold_rows, len(truth.labels))
         oof.append(o)
-        test.append({p: np.stack([d[p] for d in t]) for p in t[0]})
+        test.append(t)
     dc = cfg["decoder"]
     if dc["name"] != "threshold":
         raise UserError(f"{name}: decoder '{dc['name']}' is not compared here (threshold decoders only)")

@@ -283,22 +283,6 @@ def spec(path: str) -> Spec:
     return Spec(path, tp, default, f.metadata.get("range"))
 
 
-def field_type(path: str, where: str = ""):
-    """The schema's type annotation of a dotted key path, e.g. 'model.dropout' -> float; UserError if unknown."""
-    cls = Config
-    *parents, last = path.split(".")
-    for i, name in enumerate(parents + [last]):
-        hints = typing.get_type_hints(cls)
-        if not dataclasses.is_dataclass(cls) or name not in hints:
-            known = ", ".join(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ""
-            raise UserError(f"{where or path}: unknown key '{'.'.join((parents + [last])[:i + 1])}'"
-                            + (f" (known: {known})" if known else ""))
-        cls = hints[name]
-    if dataclasses.is_dataclass(cls):
-        raise UserError(f"{where or path}: '{path}' is a section, not a value")
-    return cls
-
-
 def admits(tp, kind: str) -> bool:
     """Whether a schema type takes numbers of a kind ('int' or 'float'); Literal and list types take neither."""
     if typing.get_origin(tp) is Union:
@@ -314,7 +298,18 @@ def type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-WHOLE_VALUES = {"tune.space"}  # mapping-valued keys: a child's or a --set value replaces the parent's
+def _mapping_keys(cls=None, prefix: str = "") -> set[str]:
+    """Dotted paths of the schema's mapping-valued keys (dict[...] types, e.g. tune.space), not sections."""
+    out = set()
+    for name, tp in typing.get_type_hints(cls or Config).items():
+        if dataclasses.is_dataclass(tp):
+            out |= _mapping_keys(tp, f"{prefix}{name}.")
+        elif typing.get_origin(tp) is dict:
+            out.add(f"{prefix}{name}")
+    return out
+
+
+WHOLE_VALUES = _mapping_keys()  # a child's or a --set value of these replaces the parent's, as a list does
 
 
 def merge(base: dict, over: dict, prefix: str = "") -> dict:

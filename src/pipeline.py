@@ -277,21 +277,29 @@ def stack_parts(parts: list[dict]) -> dict:
     return {p: np.stack([d[p] for d in parts]) for p in parts[0]}
 
 
+def read_seed(folder: Path, s: int, fold_rows: dict, n_train: int) -> tuple[dict, dict, dict]:
+    """One seed's fold files of a sub-run folder -> (OOF parts [n_train, ...], test parts per fold model
+    [K, N_test, ...], loss histories). fold_rows: fold k -> its validation rows."""
+    oof, tests, history = {}, [], {}
+    for k, rows in fold_rows.items():
+        valid, test, meta = read_fold(folder / f"fold{k}_seed{s}.npz")
+        for part, v in valid.items():
+            oof.setdefault(part, np.zeros((n_train,) + v.shape[1:], np.float32))[rows] = v
+        tests.append(test)
+        if meta.get("history"):
+            history[f"fold{k}_seed{s}"] = meta["history"]
+    return oof, stack_parts(tests), history
+
+
 def gather(plan: Plan, sub: SubRun) -> tuple[list[tuple[dict, dict]], dict]:
     """Per seed (OOF parts [N_train, ...], test parts per fold model [K, N_test, ...]) of one sub-run, and its
     loss histories."""
     ds, per_seed, history = plan.ds, [], {}
+    fold_rows = {k: ds.split(k)[1] for k in ds.fold_ids}
     for s in range(n_seeds(plan.cfg, sub)):
-        oof, tests = {}, []
-        for k in ds.fold_ids:
-            valid, test, meta = read_fold(fold_path(plan, sub, k, s))
-            rows = ds.split(k)[1]
-            for part, v in valid.items():
-                oof.setdefault(part, np.zeros((ds.n_train,) + v.shape[1:], np.float32))[rows] = v
-            tests.append(test)
-            if meta.get("history"):
-                history[f"fold{k}_seed{s}"] = meta["history"]
-        per_seed.append((oof, stack_parts(tests)))
+        oof, test, seen = read_seed(plan.run_dir / "folds" / sub.name, s, fold_rows, ds.n_train)
+        per_seed.append((oof, test))
+        history |= seen
     return per_seed, history
 
 

@@ -54,7 +54,10 @@ def parse_space(exp_dir: Path, tune, sets: list[str] = (), smoke: bool = False) 
     space = {}
     for path, spec in tune.space.items():
         where = f"tune.space.{path}"
-        tp = config_mod.field_type(path, where)
+        try:
+            tp = config_mod.spec(path).type
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
         kinds = [k for k in KINDS if k in spec]
         extra = sorted(set(spec) - set(KINDS) - {"log", "step"})
         if len(kinds) != 1 or extra:
