@@ -403,6 +403,8 @@ def main(argv=None):
     dataset = (args.input or DEFAULT_INPUT).name
     args.study = args.study or f"{exp_dir.name[:6]}-{dataset}" + ("-smoke" if args.smoke else "")
     args.folder = tune_dir(exp_dir, dataset, args.study)
+    if args.storage:
+        storage_for(args.storage)  # a bad URL fails before the study folder is made
     args.folder.mkdir(parents=True, exist_ok=True)
     args.storage = args.storage or f"sqlite:///{args.folder / 'study.db'}"
     if args.worker:

@@ -35,6 +35,20 @@ def test_bad_spec_is_one_line_before_anything_runs(shared_dataset, space, messag
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--trials", "0"], "--trials 0: must be >= 1"),
+    (["--workers", "0"], "--workers 0: must be >= 1"),
+    (["--timeout", "-5"], "--timeout -5.0: must be > 0"),
+    (["--storage", "nosuchdb://x"], "--storage nosuchdb://x: cannot open"),
+])
+def test_bad_option_is_one_line(make_dataset, exp_root, args, message):
+    data = make_dataset()
+    proc = tune("exp042", data, *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (exp_root / "exp042_rank_topn_coral" / "output" / f"{data.name}@tune").exists()  # nothing written
+
+
 def test_two_workers_share_a_study_then_resume_and_child_runs(make_dataset, exp_root):
     data = make_dataset()
     proc = tune("exp042", data, "--set", SMOKE_SPACE, "--trials", "4", "--workers", "2")
