@@ -16,22 +16,20 @@ import math
 import multiprocessing as mp
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state
-from torch.nn import functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.func import stack_module_state
 
 from src.coral import coral_loss
 from src.data import Dataset
 from src.labels import PRESENCE, SALIENCE
+from src.models.dropout import Dropout, scaled_mask
 from src.models.fusion import FusionNet
-from src.train import (choose_fixed, configure_torch, fit_fold, fit_standardizer, fold_inputs, init_model,
-                       predict_fold, seed_everything)
+from src.train import (DTYPES, choose_fixed, configure_torch, fit_fold, fit_standardizer, fold_inputs, init_model,
+                       predict_fold, seed_everything, training_forward, training_weights)
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam(W) defaults, as the sequential path uses them
 # kl_div has no vmap batching rule: torch loops over the models for this [B, 6] loss, a negligible cost
@@ -128,7 +126,7 @@ class StackedInputs:
 
 
 class GivenDropout(nn.Module):
-    """nn.Dropout whose scaled mask (bernoulli(1 - p) / (1 - p), as F.dropout draws it) the caller gives."""
+    """Dropout whose scaled mask the caller gives (in the training dtype)."""
 
     def __init__(self, feed: list):
         super().__init__()
@@ -148,7 +146,7 @@ def with_given_dropout(model: nn.Module):
     for name, module in list(template.named_modules()):
         if isinstance(module, nn.Linear):
             width = module.out_features
-        if isinstance(module, nn.Dropout):
+        if isinstance(module, Dropout):
             parent, _, child = name.rpartition(".")
             setattr(template.get_submodule(parent), child, GivenDropout(feed) if module.p > 0 else nn.Identity())
             if module.p > 0:
@@ -156,102 +154,54 @@ def with_given_dropout(model: nn.Module):
     return template, feed, spec
 
 
-def dropout_masks(rngs: list, active: np.ndarray, spec: list, n: int, passes: int, device) -> list[torch.Tensor]:
-    """Per forward pass and dropout layer in call order: masks [M, n, width], scaled as F.dropout scales them,
-    each active model's drawn from its layers stream as F.dropout draws them (bernoulli_ consumes the stream
-    element by element, so one draw over the concatenation is the same draws); masked models' rows stay unused.
-    """
+def dropout_masks(rngs: list, active: np.ndarray, spec: list, n: int, passes: int, dtype, device) -> list[torch.Tensor]:
+    """Per forward pass and dropout layer in call order: scaled masks [M, n, width] in dtype, each active
+    model's from the uniforms its layers stream gives Dropout (drawn one element after another, so one draw
+    over the concatenation is the same draws); masked models' rows stay unused."""
     sizes = [n * w for _ in range(passes) for _, w in spec]
     ps = [p for _ in range(passes) for p, _ in spec]
     if not sizes:
         return []
     buf = torch.ones(len(rngs), sum(sizes))
     for m in np.flatnonzero(active):
-        gen = rngs[m]["layers"]
-        if len(set(ps)) == 1:
-            buf[m].bernoulli_(1 - ps[0], generator=gen)
-        else:
-            for chunk, p in zip(buf[m].split(sizes), ps):
-                chunk.bernoulli_(1 - p, generator=gen)
-    chunks = buf.to(device).split(sizes, 1)
-    for chunk, p in zip(chunks, ps):
-        chunk.div_(1 - p)
-    return [c.view(len(rngs), n, -1) for c in chunks]
-
-
-@contextmanager
-def vmap_friendly_attention():
-    """Inside vmap: attention through the math SDPA kernel and its input projection on 2-D rows.
-
-    The CPU flash-attention kernel has no vmap batching rule (torch falls back to a loop over models),
-    and vmap's matmul rule broadcasts a per-model weight over the token axis of a 3-D input
-    (MultiheadAttention's in-projection), which made the backward ~10x slower in profiles. Flattening
-    the rows first is the same product that F.linear computes for a 3-D input outside vmap.
-    """
-    original = F._in_projection_packed
-
-    def flat_in_projection(q, k, v, w, b=None):
-        if q is k and k is v and q.dim() > 2:
-            rows = q.reshape(-1, q.shape[-1])
-            return [t.view(*q.shape[:-1], -1) for t in original(rows, rows, rows, w, b)]
-        return original(q, k, v, w, b)
-
-    F._in_projection_packed = flat_in_projection
-    try:
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
-    finally:
-        F._in_projection_packed = original
+        buf[m].uniform_(generator=rngs[m]["layers"])
+    return [scaled_mask(c, p, dtype).to(device).view(len(rngs), n, -1) for c, p in zip(buf.split(sizes, 1), ps)]
 
 
 class StackedAdam:
     """Adam / AdamW on parameters stacked [M, ...], with a step count per model.
 
-    Adam is elementwise, so one optimiser over stacked tensors is exactly one per model, except that
-    torch.optim keeps one step count (bias correction) for the whole tensor and updates every slice at
-    every step; here a model whose step is masked (no batch of this size at this step) keeps its
-    parameters, moments and step count. The arithmetic of torch.optim's single-tensor Adam.
+    torch.optim's fused kernel (the one train_model's optimiser runs) over each model's slices, so every model
+    keeps its own step count (bias correction); a model without a batch at some step (masked) is left out of
+    that call, keeping its parameters, moments and step count.
     """
 
     def __init__(self, params: dict, weight_decay: float, decoupled: bool):
-        self.params, self.weight_decay, self.decoupled = params, weight_decay, decoupled
+        self.params, self.weight_decay = params, weight_decay
+        self.kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
         self.m = {k: torch.zeros_like(v) for k, v in params.items()}
         self.v = {k: torch.zeros_like(v) for k, v in params.items()}
         first = next(iter(params.values()))
-        self.steps = torch.zeros(first.shape[0], dtype=torch.float64, device=first.device)
+        # float32 scalars on the parameters' device, as torch.optim keeps them for its fused kernel
+        self.steps = [torch.zeros((), device=first.device) for _ in range(first.shape[0])]
 
     @torch.no_grad()
-    def step(self, grads: dict, mask: torch.Tensor, lr: float, everyone: bool) -> None:
-        """grads: per parameter [M, ...] or None (unused: skipped, as torch.optim does); mask: bool [M].
-
-        everyone: the host knows that mask is all true (most steps); then update in place, without the
-        copies that keep masked models unchanged.
-        """
-        self.steps += mask
-        b1, b2 = BETAS
-        steps = self.steps.clamp(min=1)
-        step_size = (lr / (1 - b1 ** steps)).float()
-        bc2_sqrt = (1 - b2 ** steps).sqrt().float()
+    def step(self, grads: dict, active: np.ndarray, lr: float) -> None:
+        """grads: per parameter [M, ...] or None (unused: skipped, as torch.optim does); active: bool [M]."""
+        ids = np.flatnonzero(active)
+        for i in ids:
+            self.steps[i] += 1
+        lists = [[], [], [], [], []]
         for k, p in self.params.items():
-            g = grads[k]
-            if g is None:
+            if grads[k] is None:
                 continue
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            m, v = (self.m[k], self.v[k]) if everyone else (self.m[k].clone(), self.v[k].clone())
-            new_p = p if everyone else p.clone()
-            if self.weight_decay and self.decoupled:
-                new_p.mul_(1 - lr * self.weight_decay)
-            elif self.weight_decay:
-                g = g.add(p, alpha=self.weight_decay)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / bc2_sqrt.view(shape)).add_(EPS)
-            new_p.sub_(step_size.view(shape) * (m / denom))
-            if not everyone:
-                keep = mask.view(shape)
-                p.copy_(torch.where(keep, new_p, p))
-                self.m[k] = torch.where(keep, m, self.m[k])
-                self.v[k] = torch.where(keep, v, self.v[k])
+            g = grads[k].contiguous()  # the fused kernel reads dense memory; vmap's gradients may be strided
+            for i in ids:
+                for out, t in zip(lists, (p[i], g[i], self.m[k][i], self.v[k][i], self.steps[i])):
+                    out.append(t)
+        params, grads_, m, v, steps = lists
+        self.kernel(params, grads_, m, v, [], steps, lr=lr, beta1=BETAS[0], beta2=BETAS[1],
+                    weight_decay=self.weight_decay, eps=EPS, amsgrad=False, maximize=False)
 
 
 def epoch_lrs(t) -> list[float]:
@@ -308,12 +258,14 @@ def draw_plan(template, data: StackedInputs, targets: list, cfg, rngs: list) -> 
 
 def make_loss(template, feed: list, cfg, coral: bool):
     """vmapped (params, buffers, batch) -> loss [M]: the model's own loss (+ CORAL), as train_model computes it."""
-    weight = cfg.adapt.coral_weight
+    weight, dtype = cfg.adapt.coral_weight, DTYPES[cfg.train.precision]
 
     def one(params, buffers, xs, available, targets, draws, masks, txs, tavailable, tdraws, tmasks):
+        weights = (training_weights(params, cfg.train.precision), buffers)  # cast once for both passes
+
         def call(x, a, d, given):
             feed[:] = given  # this forward's dropout masks, taken in call order
-            return functional_call(template, (params, buffers), (x, a), d)
+            return training_forward(template, weights, x, a, dtype, **d)
         out = call(xs, available, draws, masks)
         loss = template.loss(out, targets)
         if coral:
@@ -343,20 +295,18 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
     dev = data.device
     sums = torch.zeros(len(models), t.epochs, device=dev)
     loss_fn = make_loss(template, feed, cfg, cfg.adapt.coral_weight > 0)
-    with vmap_friendly_attention():
-        for epoch, lr in enumerate(epoch_lrs(t)):
-            plan = draw_plan(template, data, targets, cfg, rngs)
-            sizes = plan["sizes"]
-            # models whose j-th batch has this size step together; the others are masked
-            calls = [(j, n) for j in range(sizes.shape[1]) for n in sorted(set(sizes[:, j][sizes[:, j] > 0].tolist()))]
-            for j, n in calls:
-                active = sizes[:, j] == n
-                # each model's dropout masks from its layers stream: source pass, then the CORAL target pass
-                masks = dropout_masks(rngs, active, spec, n, 2 if plan["coral"] else 1, dev)
-                mask = torch.from_numpy(active).to(dev)
-                losses = step(loss_fn, params, buffers, opt, data, plan, j, n, masks, len(spec), mask, lr,
-                              bool(active.all()))
-                sums[:, epoch] += torch.where(mask, losses * n, 0.0)
+    for epoch, lr in enumerate(epoch_lrs(t)):
+        plan = draw_plan(template, data, targets, cfg, rngs)
+        sizes = plan["sizes"]
+        # models whose j-th batch has this size step together; the others are masked
+        calls = [(j, n) for j in range(sizes.shape[1]) for n in sorted(set(sizes[:, j][sizes[:, j] > 0].tolist()))]
+        for j, n in calls:
+            active = sizes[:, j] == n
+            # each model's dropout masks from its layers stream: source pass, then the CORAL target pass
+            masks = dropout_masks(rngs, active, spec, n, 2 if plan["coral"] else 1, DTYPES[t.precision], dev)
+            mask = torch.from_numpy(active).to(dev)
+            losses = step(loss_fn, params, buffers, opt, data, plan, j, n, masks, len(spec), active, lr)
+            sums[:, epoch] += torch.where(mask, losses * n, 0.0)
     for i, model in enumerate(models):
         model.load_state_dict({k: v[i].detach().clone() for k, v in {**params, **buffers}.items()})
     sums = sums.cpu()
@@ -364,7 +314,7 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
 
 
 def step(loss_fn, params, buffers, opt, data: StackedInputs, plan: dict, j: int, n: int, masks: list,
-         n_layers: int, mask, lr: float, everyone: bool) -> torch.Tensor:
+         n_layers: int, active: np.ndarray, lr: float) -> torch.Tensor:
     """One optimiser step of every unmasked model on its j-th batch (its first n rows) -> losses [M]."""
     rows, picks = plan["rows"][:, j, :n], plan["picks"][:, j, :n]
     xs, available = data.gather(rows)
@@ -378,6 +328,7 @@ def step(loss_fn, params, buffers, opt, data: StackedInputs, plan: dict, j: int,
     losses = loss_fn(params, buffers, xs, available, targets, draws, masks[:n_layers], txs, tavailable, tdraws,
                      masks[n_layers:])
     names = list(params)
-    grads = torch.autograd.grad((losses * mask).sum(), [params[k] for k in names], allow_unused=True)
-    opt.step(dict(zip(names, grads)), mask, lr, everyone)
+    weights = torch.from_numpy(active).to(losses.device, losses.dtype)
+    grads = torch.autograd.grad((losses * weights).sum(), [params[k] for k in names], allow_unused=True)
+    opt.step(dict(zip(names, grads)), active, lr)
     return losses.detach()

@@ -121,6 +121,9 @@ class Train:
     # a fixed default, so results never depend on the machine's core count; batched on CPU: that many
     # single-threaded processes, else torch threads; 0: all cores (results then follow the machine)
     num_threads: int = opt(2, Bounds(low=0))
+    # bfloat16: each training step runs on bfloat16 copies of the float32 weights (src/train.training_weights);
+    # Adam, losses, CORAL and predictions stay float32. float32 on CPUs without bfloat16 instructions
+    precision: Literal["float32", "bfloat16"] = "bfloat16"
     batched: bool = True  # every fold x seed model of a sub-run at once (src/batched.py); false: one by one
 
 

@@ -8,7 +8,8 @@ from conftest import output_dir, run_exp
 from src import config, data
 from src.coral import coral_loss
 from src.experiments import resolve
-from src.models.fusion import FusionNet
+from src.models.dropout import Dropout
+from src.models.fusion import FusionNet, GateAttention
 from src.train import fit_fold
 
 WIDTHS = [5, 8, 3, 6, 4]
@@ -108,3 +109,48 @@ def test_missing_encoder_clips_are_masked_end_to_end(make_dataset):
     assert (oof.loc[~lacking, "gate_wavlm"] > 0).any()
     proc = run_exp("exp020", root, "--smoke", "--set", "data.allow_missing=true", check=False)
     assert proc.returncode == 2 and "only model.name: fusion" in proc.stderr
+
+
+def test_gate_attention_is_multihead_attention():
+    """GateAttention draws nn.MultiheadAttention's initial weights (same names, same order) and computes its
+    output for masked keys, so checkpoints and seeds keep their meaning."""
+    torch.manual_seed(3)
+    reference = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    torch.manual_seed(3)
+    ours = GateAttention(16, 4)
+    assert list(reference.state_dict()) == list(ours.state_dict())
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in reference.state_dict().items())
+    tokens, keys = torch.randn(8, 5, 16), torch.rand(8, 5) > 0.4
+    keys[:, 2] = True
+    expected, _ = reference(tokens, tokens, tokens, key_padding_mask=~keys, need_weights=False)
+    assert torch.allclose(ours(tokens, keys), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows, dim", [(64, 10), (16, 48), (5, 3)])
+def test_coral_matches_the_covariance_definition(rows, dim):
+    """Both forms (d x d covariances, or the row Gram matrices when d exceeds the batch) give torch.cov's
+    value and gradient."""
+    torch.manual_seed(0)
+    source = torch.randn(rows, dim, requires_grad=True)
+    target = torch.randn(rows + 3, dim) * 1.5 + 0.3
+    expected = ((torch.cov(source.T) - torch.cov(target.T)) ** 2).sum() / (4 * dim * dim)
+    (g_expected,) = torch.autograd.grad(expected, source)
+    got = coral_loss(source, target)
+    (g_got,) = torch.autograd.grad(got, source)
+    assert torch.allclose(got, expected, rtol=1e-5) and torch.allclose(g_got, g_expected, rtol=1e-4, atol=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inside whatever the caller's precision
+        assert coral_loss(source.bfloat16(), target.bfloat16()).dtype == torch.float32
+
+
+def test_dropout_keeps_rows_at_one_minus_p_and_scales_them():
+    """Dropout: keep where the global generator's uniform >= p, kept values scaled by 1 / (1 - p); identity
+    in eval mode and at p = 0."""
+    layer = Dropout(0.3)
+    x = torch.ones(200, 100)
+    torch.manual_seed(1)
+    y = layer(x)
+    torch.manual_seed(1)
+    keep = torch.rand(200, 100) >= 0.3
+    assert torch.equal(y, torch.where(keep, torch.tensor(1 / 0.7), torch.tensor(0.0)))
+    assert abs(keep.float().mean().item() - 0.7) < 0.01
+    assert torch.equal(layer.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)

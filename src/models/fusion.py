@@ -11,11 +11,14 @@ is replaced by zeros, so it changes nothing for that clip and its projector gets
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from src.config import resolve_top_n
+from src.models.dropout import Dropout
 from src.models.mlp import MLP
 
 
@@ -30,11 +33,11 @@ class FusionNet(nn.Module):
         self.selection, self.heads, self.encoder_dropout = selection, heads, encoder_dropout
         self.reattend = reattend
         self.projectors = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(w), nn.Linear(w, shared_dim), nn.GELU(), nn.Dropout(dropout)) for w in widths)
+            nn.Sequential(nn.LayerNorm(w), nn.Linear(w, shared_dim), nn.GELU(), Dropout(dropout)) for w in widths)
         self.identity = nn.Parameter(torch.randn(n, shared_dim) * 0.02)
-        self.attention = nn.MultiheadAttention(shared_dim, gate_heads, batch_first=True)
+        self.attention = GateAttention(shared_dim, gate_heads)
         self.scorer = nn.Sequential(nn.LayerNorm(shared_dim), nn.Linear(shared_dim, 1))
-        self.fuse = nn.Sequential(nn.Linear(shared_dim, fused_dim), nn.GELU(), nn.Dropout(dropout))
+        self.fuse = nn.Sequential(nn.Linear(shared_dim, fused_dim), nn.GELU(), Dropout(dropout))
         self.salience_head = nn.Linear(fused_dim, 6)
         self.presence_head = nn.Linear(fused_dim, 6) if heads == "two" else None
         # selection == "fixed": one priority per encoder (higher first), chosen outside the model; a clip keeps
@@ -53,7 +56,7 @@ class FusionNet(nn.Module):
     def gate_scores(self, proj: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Attention over the encoders in keys (bool [B, E]) -> one score per encoder float [B, E]."""
         tokens = proj + self.identity
-        context, _ = self.attention(tokens, tokens, tokens, key_padding_mask=~keys, need_weights=False)
+        context = self.attention(tokens, keys)
         return self.scorer(tokens + context).squeeze(-1)
 
     def forward(self, xs: list[torch.Tensor], available: torch.Tensor, generator=None, draw=None,
@@ -114,6 +117,37 @@ class FusionNet(nn.Module):
         else:
             res["prob"] = res["salience"]
         return res
+
+
+class GateAttention(nn.Module):
+    """Multi-head self-attention over a clip's encoder tokens, keys limited to a mask.
+
+    nn.MultiheadAttention's parameters (same names, so checkpoints load either way) and initialisation (same
+    draws in the same order), written out: its packed in-projection is split by select, whose backward
+    zero-fills the whole [3, ...] tensor per slice, and its kernels have no vmap batching rule; here the rows
+    are flattened for the projections and q, k, v are views of one tensor (src/batched.py runs this under vmap).
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)  # draws its weight and bias first, as in nn.MultiheadAttention
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, tokens: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """tokens float [B, L, D], keys bool [B, L] (True: may be attended to) -> context float [B, L, D]."""
+        B, L, D = tokens.shape
+        H = self.heads
+        qkv = F.linear(tokens.reshape(B * L, D), self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(B, L, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, D / H]
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(D // H)
+        scores = scores.masked_fill(~keys[:, None, None, :], float("-inf"))
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B * L, D)
+        return self.out_proj(context).view(B, L, D)
 
 
 def fixed_priority(n: int, fixed: torch.Tensor | None) -> torch.Tensor:

@@ -5,11 +5,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from src.models.dropout import Dropout
+
 
 class MLP(nn.Module):
     def __init__(self, width: int, hidden: int = 512, dropout: float = 0.0, n_out: int = 6):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), Dropout(dropout), nn.Linear(hidden, n_out))
 
     def forward(self, xs: list[torch.Tensor], available=None, generator=None, draw=None,
                 dropout_generator=None) -> dict:
