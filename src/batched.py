@@ -162,7 +162,8 @@ def dropout_masks(rngs: list, active: np.ndarray, spec: list, n: int, passes: in
     ps = [p for _ in range(passes) for p, _ in spec]
     if not sizes:
         return []
-    buf = torch.ones(len(rngs), sum(sizes))
+    buf = torch.empty(len(rngs), sum(sizes))
+    buf[torch.from_numpy(~active)] = 1.0  # inactive models: any finite mask (their loss weighs nothing)
     for m in np.flatnonzero(active):
         buf[m].uniform_(generator=rngs[m]["layers"])
     return [scaled_mask(c, p, dtype).to(device).view(len(rngs), n, -1) for c, p in zip(buf.split(sizes, 1), ps)]
