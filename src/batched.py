@@ -4,9 +4,10 @@ The models are the very FusionNet / MLP classes of the sequential path (src/trai
 `torch.func.functional_call` under `torch.vmap`, so what a model computes lives in one place. Every model
 keeps its own training rows and batch order, CORAL target rows, standardisation (its fold's statistics,
 applied on the fly), optimiser state and random streams: each stream of train_model (batches, coral,
-selection, encoder_dropout, and layers for nn.Dropout's masks) is drawn on the host from the model's own
+selection, encoder_dropout, and layers for Dropout's uniforms) is drawn on the host from the model's own
 generator, in train_model's order, and given to the model as tensors (vmap takes no generator). A model
-therefore ends where train_model ends, within float tolerance (tests/test_batched.py).
+therefore ends where train_model ends: within float tolerance in float32, within bfloat16 rounding under
+train.precision bfloat16, where both paths run each step on bfloat16 copies of the weights (tests/test_batched.py).
 """
 from __future__ import annotations
 

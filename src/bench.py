@@ -4,8 +4,9 @@
 (b) wall time of experiments on the default dataset (and, with --full-size, exp042 on real widths);
 (c) the LightGBM ensemble of three members; (d) feature extraction throughput;
 (e) with --prepare, `bash run.sh prepare` on a generated full-size copy of the organisers' download.
-`--training [EXP ...]` instead: only matrix-product GFLOP/s on the fusion model's shapes, then sequential vs
-batched training (train.batched) of each EXP (default exp042) at 1 and 2 threads, with the achieved model FLOP/s.
+`--training [EXP ...]` instead: only matrix-product GFLOP/s on the fusion model's shapes (float32 and bfloat16),
+then each EXP (default exp042) trained sequentially and batched, in float32 and bfloat16 (TRAINING_RUNS), with
+the achieved model FLOP/s.
 Runs train in their own output and submission roots under .cache/bench/, never in a user's exp/*/output/.
 """
 from __future__ import annotations
@@ -152,10 +153,12 @@ def matmul_shapes(widths: list[int], batch: int = 64, shared: int = 256, fused: 
             (batch * tokens, shared, shared), (batch, shared, fused)])
 
 
-def matmul_rate(shapes, models: int = 15, seconds: float = 2.0) -> float:
+def matmul_rate(shapes, models: int = 15, seconds: float = 2.0, dtype: str = "float32") -> float:
     """GFLOP/s of this process on the model's products, forward + both backward products, `models` at once."""
     import torch
-    mats = [(torch.randn(models, r, k), torch.randn(models, k, c), torch.randn(models, r, c)) for r, k, c in shapes]
+    dt = getattr(torch, dtype)
+    mats = [(torch.randn(models, r, k, dtype=dt), torch.randn(models, k, c, dtype=dt), torch.randn(models, r, c, dtype=dt))
+            for r, k, c in shapes]
     flops = sum(6 * models * r * k * c for r, k, c in shapes)
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -165,14 +168,15 @@ def matmul_rate(shapes, models: int = 15, seconds: float = 2.0) -> float:
     return flops * done / (time.perf_counter() - t0) / 1e9
 
 
-def _rate_one_thread(shapes) -> float:
+def _rate_one_thread(shapes, dtype: str) -> float:
     import torch
     torch.set_num_threads(1)
-    return matmul_rate(shapes)
+    return matmul_rate(shapes, dtype=dtype)
 
 
 def bench_matmul(input_dir: Path) -> dict:
-    """Matrix-product GFLOP/s on the fusion model's shapes: 1 thread, 2 threads, 2 processes x 1 thread."""
+    """Matrix-product GFLOP/s on the fusion model's shapes, float32 and bfloat16 (train.precision): 1 thread,
+    2 threads, 2 processes x 1 thread."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -181,35 +185,44 @@ def bench_matmul(input_dir: Path) -> dict:
     ds = data.load(input_dir)
     shapes = matmul_shapes([ds.features[e].shape[1] for e in ds.encoders])
     res = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        res[f"threads_{threads}_gflops"] = round(matmul_rate(shapes), 1)
-    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
-        res["processes_2x1_gflops"] = round(sum(pool.map(_rate_one_thread, [shapes, shapes])), 1)
+    for dtype in ("float32", "bfloat16"):
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            res[f"{dtype}_threads_{threads}_gflops"] = round(matmul_rate(shapes, dtype=dtype), 1)
+        with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+            res[f"{dtype}_processes_2x1_gflops"] = round(sum(pool.map(_rate_one_thread, [shapes] * 2, [dtype] * 2)), 1)
     return res
 
 
-def bench_training(exp_id: str, input_dir: Path, matmul_gflops: float, threads=(1, 2)) -> list:
-    """Sequential vs batched wall time of one experiment at each thread count; achieved model FLOP/s.
+# (train.batched, train.num_threads, train.precision) per run of bench --training: the sequential float32 path
+# at 1 thread is the code before issue 13; the last one is the default
+TRAINING_RUNS = [(False, 1, "float32"), (False, 1, "bfloat16"), (True, 2, "float32"), (True, 2, "bfloat16")]
+
+
+def bench_training(exp_id: str, input_dir: Path, matmul: dict, runs=TRAINING_RUNS) -> list:
+    """Wall time of one experiment per (batched, threads, precision) in runs; achieved model FLOP/s, also as a
+    share of the best matrix-product rate measured at that precision (matmul: bench_matmul's figures).
 
     train_s sums the log's training times (batched: "N fold x seed models trained at once in Xs")."""
     import re
     flops = training_flops(exp_id, input_dir)
     rows = []
-    # sequential with more threads last: on a busy machine it is by far the slowest
-    for batched, t in [(False, 1), (True, 1)] + [(b, t) for t in threads if t > 1 for b in (True, False)]:
-        sets = ("--set", f"train.batched={str(batched).lower()}", "--set", f"train.num_threads={t}")
-        log = output_dir(resolve(exp_id), input_dir.name, variant_name(False, [sets[1], sets[3]])) / "log.txt"
+    for batched, t, precision in runs:
+        sets = [f"train.batched={str(batched).lower()}", f"train.num_threads={t}", f"train.precision={precision}"]
+        log = output_dir(resolve(exp_id), input_dir.name, variant_name(False, sets)) / "log.txt"
         before = log.stat().st_size if log.is_file() else 0  # log.txt grows by one run's lines per run
-        res = bench_experiment(exp_id, "--input", str(input_dir), *sets)
+        res = bench_experiment(exp_id, "--input", str(input_dir), *[a for s in sets for a in ("--set", s)])
         with open(log) as fh:
             fh.seek(before)
             lines = fh.read()
         pattern = r"models trained at once in ([0-9.]+)s" if batched else r"trained in ([0-9.]+)s"
         train_s = sum(float(x) for x in re.findall(pattern, lines))
-        rows.append({**res, "batched": batched, "num_threads": t, "train_s": round(train_s, 1),
-                     "model_tflop": round(flops / 1e12, 2), "achieved_gflops": round(flops / max(train_s, 1e-9) / 1e9, 1),
-                     "of_matmul_rate": round(flops / max(train_s, 1e-9) / 1e9 / matmul_gflops, 2)})
+        achieved = flops / max(train_s, 1e-9) / 1e9
+        peak = max(v for k, v in matmul.items() if k.startswith(precision))
+        rows.append({**res, "batched": batched, "num_threads": t, "precision": precision, "train_s": round(train_s, 1),
+                     "model_tflop": round(flops / 1e12, 2), "achieved_gflops": round(achieved, 1),
+                     "of_matmul_rate": round(achieved / peak, 2),
+                     "of_float32_matmul_rate": round(achieved / max(v for k, v in matmul.items() if k.startswith("float32")), 2)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -248,7 +261,7 @@ def main(argv=None):
     p.add_argument("--prepare", action="store_true", help="also time `prepare` on a generated full-size download")
     p.add_argument("--training", nargs="*", metavar="EXP", default=None,
                    help="only the training benchmark: matmul GFLOP/s, then sequential vs batched wall time "
-                        "at 1 and 2 threads of each EXP (default exp042)")
+                        "in float32 and bfloat16 of each EXP (default exp042)")
     p.add_argument("--input", type=Path, default=None,
                    help="dataset for --training (default input/synthetic; input/synthetic_full with --full-size)")
     args = p.parse_args(argv)
@@ -262,9 +275,8 @@ def main(argv=None):
             synth.write(inputs, seed=0, full_size=args.full_size)
         results = {"matmul": bench_matmul(inputs)}
         print(json.dumps(results["matmul"]), flush=True)
-        best = max(results["matmul"].values())
         for exp in args.training or ["exp042"]:
-            results[exp] = bench_training(exp, inputs, best)
+            results[exp] = bench_training(exp, inputs, results["matmul"])
         print(json.dumps(results, indent=2))
         return
     results = {"grid_search": bench_grid_search()}
