@@ -30,7 +30,7 @@ from src.labels import PRESENCE, SALIENCE
 from src.models.dropout import Dropout, scaled_mask
 from src.models.fusion import FusionNet
 from src.train import (DTYPES, choose_fixed, configure_torch, fit_fold, fit_standardizer, fold_inputs, init_model,
-                       predict_fold, seed_everything, training_forward, training_weights)
+                       predict_fold, seed_everything, stream_seed, training_forward, training_weights)
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam(W) defaults, as the sequential path uses them
 # kl_div has no vmap batching rule: torch loops over the models for this [B, 6] loss, a negligible cost
@@ -156,18 +156,18 @@ def with_given_dropout(model: nn.Module):
 
 
 def dropout_masks(rngs: list, active: np.ndarray, spec: list, n: int, passes: int, dtype, device) -> list[torch.Tensor]:
-    """Per forward pass and dropout layer in call order: scaled masks [M, n, width] in dtype, each active
-    model's from the uniforms its layers stream gives Dropout (drawn one element after another, so one draw
-    over the concatenation is the same draws); masked models' rows stay unused."""
-    sizes = [n * w for _ in range(passes) for _, w in spec]
-    ps = [p for _ in range(passes) for p, _ in spec]
-    if not sizes:
-        return []
-    buf = torch.empty(len(rngs), sum(sizes))
-    buf[torch.from_numpy(~active)] = 1.0  # inactive models: any finite mask (their loss weighs nothing)
-    for m in np.flatnonzero(active):
-        buf[m].uniform_(generator=rngs[m]["layers"])
-    return [scaled_mask(c, p, dtype).to(device).view(len(rngs), n, -1) for c, p in zip(buf.split(sizes, 1), ps)]
+    """Per forward pass and dropout layer in call order: scaled masks [M, n, width] in dtype. An active model's
+    come from its layers stream, one torch.rand per layer and pass as its Dropout layers draw them alone, on
+    the device where the stream lives (CUDA: no host work per step); inactive models get ones (their loss
+    weighs nothing)."""
+    masks = []
+    for _ in range(passes):
+        for p, width in spec:
+            ones = torch.ones(n, width, dtype=dtype, device=device)
+            masks.append(torch.stack([
+                scaled_mask(torch.rand((n, width), generator=rng["layers"], device=device), p, dtype) if on else ones
+                for rng, on in zip(rngs, active)]))
+    return masks
 
 
 class StackedAdam:
@@ -282,19 +282,19 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
     streams seeded from seeds[i] as fit_fold seeds them (the dropout layers' from layer_seeds[i] if given, else
     from init_model's layers stream). -> per model history {"train_loss": [per epoch]}.
 
-    Host-side work per epoch (draws, batch plan) and per step (dropout masks); no device value is read back
-    inside an epoch.
+    Host-side work per epoch (draws, batch plan); no device value is read back inside an epoch.
     """
     t = cfg.train
     rngs = [seed_everything(seed) for seed in seeds]
-    for rng, seed in zip(rngs, layer_seeds or []):
-        rng["layers"] = torch.Generator().manual_seed(seed)
+    dev = data.device
+    # the dropout layers' streams on the device, as init_model seeds the global generator (of CPU and CUDA)
+    for rng, seed in zip(rngs, layer_seeds or [stream_seed(s, "layers") for s in seeds]):
+        rng["layers"] = torch.Generator(dev).manual_seed(seed)
     params, buffers = stack_module_state(models)
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
     template, feed, spec = with_given_dropout(models[0])
     template.train()
     opt = StackedAdam(params, t.weight_decay, decoupled=t.optimizer == "adamw")
-    dev = data.device
     sums = torch.zeros(len(models), t.epochs, device=dev)
     loss_fn = make_loss(template, feed, cfg, cfg.adapt.coral_weight > 0)
     for epoch, lr in enumerate(epoch_lrs(t)):
