@@ -197,13 +197,22 @@ class StackedAdam:
         for k, p in self.params.items():
             if grads[k] is None:
                 continue
-            g = grads[k].contiguous()  # the fused kernel reads dense memory; vmap's gradients may be strided
+            g = grads[k]
+            if g.stride() != p.stride():  # the fused kernel walks p, g, m and v in one memory order
+                g = torch.empty_like(p).copy_(g)
             for i in ids:
                 for out, t in zip(lists, (p[i], g[i], self.m[k][i], self.v[k][i], self.steps[i])):
                     out.append(t)
         params, grads_, m, v, steps = lists
         self.kernel(params, grads_, m, v, [], steps, lr=lr, beta1=BETAS[0], beta2=BETAS[1],
                     weight_decay=self.weight_decay, eps=EPS, amsgrad=False, maximize=False)
+
+
+def transposed_in_memory(stacked: torch.Tensor) -> torch.Tensor:
+    """A stacked weight [M, out, in] stored as [M, in, out]: the layout in which vmap's backward of F.linear
+    returns its gradient, so Adam (and m, v, made like it) walks all four without a transposing copy per step,
+    which cost more than Adam itself at the real widths (0.32 vs 0.04 s per step for 87M weights)."""
+    return stacked.transpose(-1, -2).contiguous().transpose(-1, -2) if stacked.dim() == 3 else stacked
 
 
 def epoch_lrs(t) -> list[float]:
@@ -291,7 +300,7 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
     for rng, seed in zip(rngs, layer_seeds or [stream_seed(s, "layers") for s in seeds]):
         rng["layers"] = torch.Generator(dev).manual_seed(seed)
     params, buffers = stack_module_state(models)
-    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    params = {k: transposed_in_memory(v).detach().requires_grad_() for k, v in params.items()}
     template, feed, spec = with_given_dropout(models[0])
     template.train()
     opt = StackedAdam(params, t.weight_decay, decoupled=t.optimizer == "adamw")
