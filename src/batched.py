@@ -24,13 +24,13 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from src.coral import coral_loss
 from src.data import Dataset
 from src.labels import PRESENCE, SALIENCE
 from src.models.dropout import Dropout, scaled_mask
 from src.models.fusion import FusionNet
 from src.train import (DTYPES, choose_fixed, configure_torch, fit_fold, fit_standardizer, fold_inputs, init_model,
-                       predict_fold, seed_everything, stream_seed, training_forward, training_weights)
+                       predict_fold, seed_everything, source_loss, stream_seed, training_forward,
+                       training_weights)
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam(W) defaults, as the sequential path uses them
 # kl_div has no vmap batching rule: torch loops over the models for this [B, 6] loss, a negligible cost
@@ -155,18 +155,16 @@ def with_given_dropout(model: nn.Module):
     return template, feed, spec
 
 
-def dropout_masks(rngs: list, active: np.ndarray, spec: list, n: int, passes: int, dtype, device) -> list[torch.Tensor]:
-    """Per forward pass and dropout layer in call order: scaled masks [M, n, width] in dtype. An active model's
-    come from its layers stream, one torch.rand per layer and pass as its Dropout layers draw them alone, on
-    the device where the stream lives (CUDA: no host work per step); inactive models get ones (their loss
-    weighs nothing)."""
+def dropout_masks(rngs: list, active: np.ndarray, spec: list, rows: int, dtype, device) -> list[torch.Tensor]:
+    """Per dropout layer in call order: scaled masks [M, rows, width] in dtype. An active model's come from its
+    layers stream, one torch.rand per layer as its Dropout layers draw them alone, on the device where the
+    stream lives (CUDA: no host work per step); inactive models get ones (their loss weighs nothing)."""
     masks = []
-    for _ in range(passes):
-        for p, width in spec:
-            ones = torch.ones(n, width, dtype=dtype, device=device)
-            masks.append(torch.stack([
-                scaled_mask(torch.rand((n, width), generator=rng["layers"], device=device), p, dtype) if on else ones
-                for rng, on in zip(rngs, active)]))
+    for p, width in spec:
+        ones = torch.ones(rows, width, dtype=dtype, device=device)
+        masks.append(torch.stack([
+            scaled_mask(torch.rand((rows, width), generator=rng["layers"], device=device), p, dtype) if on else ones
+            for rng, on in zip(rngs, active)]))
     return masks
 
 
@@ -267,21 +265,16 @@ def draw_plan(template, data: StackedInputs, targets: list, cfg, rngs: list) -> 
             "coral": coral}
 
 
-def make_loss(template, feed: list, cfg, coral: bool):
-    """vmapped (params, buffers, batch) -> loss [M]: the model's own loss (+ CORAL), as train_model computes it."""
+def make_loss(template, feed: list, cfg):
+    """vmapped (params, buffers, batch) -> loss [M]: the model's own loss (+ CORAL), as train_model computes it:
+    one forward pass over its n source rows followed (CORAL) by its n target rows."""
     weight, dtype = cfg.adapt.coral_weight, DTYPES[cfg.train.precision]
 
-    def one(params, buffers, xs, available, targets, draws, masks, txs, tavailable, tdraws, tmasks):
-        weights = (training_weights(params, cfg.train.precision), buffers)  # cast once for both passes
-
-        def call(x, a, d, given):
-            feed[:] = given  # this forward's dropout masks, taken in call order
-            return training_forward(template, weights, x, a, dtype, **d)
-        out = call(xs, available, draws, masks)
-        loss = template.loss(out, targets)
-        if coral:
-            loss = loss + weight * coral_loss(out["fused"], call(txs, tavailable, tdraws, tmasks)["fused"])
-        return loss
+    def one(params, buffers, xs, available, draws, masks, targets):
+        feed[:] = masks  # this forward's dropout masks, taken in call order
+        out = training_forward(template, (training_weights(params, cfg.train.precision), buffers), xs, available,
+                               dtype, **draws)
+        return source_loss(template, out, targets, len(targets["salience"]), weight)
 
     return torch.vmap(one, randomness="error")  # every draw is given: a random op inside would be a bug
 
@@ -305,7 +298,7 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
     template.train()
     opt = StackedAdam(params, t.weight_decay, decoupled=t.optimizer == "adamw")
     sums = torch.zeros(len(models), t.epochs, device=dev)
-    loss_fn = make_loss(template, feed, cfg, cfg.adapt.coral_weight > 0)
+    loss_fn = make_loss(template, feed, cfg)
     for epoch, lr in enumerate(epoch_lrs(t)):
         plan = draw_plan(template, data, targets, cfg, rngs)
         sizes = plan["sizes"]
@@ -313,10 +306,10 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
         calls = [(j, n) for j in range(sizes.shape[1]) for n in sorted(set(sizes[:, j][sizes[:, j] > 0].tolist()))]
         for j, n in calls:
             active = sizes[:, j] == n
-            # each model's dropout masks from its layers stream: source pass, then the CORAL target pass
-            masks = dropout_masks(rngs, active, spec, n, 2 if plan["coral"] else 1, DTYPES[t.precision], dev)
+            # each model's dropout masks from its layers stream, for its source rows and (CORAL) target rows
+            masks = dropout_masks(rngs, active, spec, 2 * n if plan["coral"] else n, DTYPES[t.precision], dev)
             mask = torch.from_numpy(active).to(dev)
-            losses = step(loss_fn, params, buffers, opt, data, plan, j, n, masks, len(spec), active, lr)
+            losses = step(loss_fn, params, buffers, opt, data, plan, j, n, masks, active, lr)
             sums[:, epoch] += torch.where(mask, losses * n, 0.0)
     for i, model in enumerate(models):
         model.load_state_dict({k: v[i].detach().clone() for k, v in {**params, **buffers}.items()})
@@ -325,19 +318,16 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
 
 
 def step(loss_fn, params, buffers, opt, data: StackedInputs, plan: dict, j: int, n: int, masks: list,
-         n_layers: int, active: np.ndarray, lr: float) -> torch.Tensor:
+         active: np.ndarray, lr: float) -> torch.Tensor:
     """One optimiser step of every unmasked model on its j-th batch (its first n rows) -> losses [M]."""
-    rows, picks = plan["rows"][:, j, :n], plan["picks"][:, j, :n]
-    xs, available = data.gather(rows)
+    rows = plan["rows"][:, j, :n]
     targets = {k: v[rows] for k, v in data.targets.items()}
     draws = {k: v[:, j, :n] for k, v in plan["draws"].items()}
-    if plan["coral"]:
-        txs, tavailable = data.gather(picks)
-        tdraws = {k: v[:, j, :n] for k, v in plan["tdraws"].items()}
-    else:
-        txs, tavailable, tdraws = xs, available, draws  # unused by the loss
-    losses = loss_fn(params, buffers, xs, available, targets, draws, masks[:n_layers], txs, tavailable, tdraws,
-                     masks[n_layers:])
+    if plan["coral"]:  # the CORAL target rows after the source rows, in the same pass
+        rows = torch.cat([rows, plan["picks"][:, j, :n]], 1)
+        draws = {k: torch.cat([v, plan["tdraws"][k][:, j, :n]], 1) for k, v in draws.items()}
+    xs, available = data.gather(rows)
+    losses = loss_fn(params, buffers, xs, available, draws, masks, targets)
     names = list(params)
     weights = torch.from_numpy(active).to(losses.device, losses.dtype)
     grads = torch.autograd.grad((losses * weights).sum(), [params[k] for k in names], allow_unused=True)

@@ -184,20 +184,15 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, rng: dict[s
             if len(b) < 2:
                 continue  # covariance and batch statistics need two rows
             idx = train_rows_t[b.to(device)]
+            n = len(b)
+            if coral_w > 0 and target_rows is not None:  # the CORAL target rows after the source rows, one pass
+                pick = torch.randint(len(target_rows), (n,), generator=rng["coral"])
+                idx = torch.cat([idx, torch.as_tensor(target_rows, device=device)[pick.to(device)]])
             weights = training_weights(dict(model.named_parameters()), t.precision)
             out = training_forward(model, weights, [x[idx] for x in inp.xs], inp.available[idx], dtype,
                                    generator=rng["selection"], dropout_generator=rng["encoder_dropout"])
-            loss = model.loss(out, {k: v[idx] for k, v in inp.targets.items()})
-            if coral_w > 0 and target_rows is not None:
-                pick = torch.randint(len(target_rows), (len(b),), generator=rng["coral"])
-                tidx = torch.as_tensor(target_rows, device=device)[pick.to(device)]
-                tout = training_forward(model, weights, [x[tidx] for x in inp.xs], inp.available[tidx], dtype,
-                                        generator=rng["selection"], dropout_generator=rng["encoder_dropout"])
-                align = coral_loss(out["fused"], tout["fused"])
-                if on_projections:
-                    align = align + projection_coral(out["projections"], tout["projections"],
-                                                     inp.available[idx], inp.available[tidx])
-                loss = loss + coral_w * align
+            loss = source_loss(model, out, {k: v[idx[:n]] for k, v in inp.targets.items()}, n, coral_w,
+                               inp.available[idx] if on_projections else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -220,6 +215,20 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, rng: dict[s
     if best is not None:
         model.load_state_dict(best)
     return model, history
+
+
+def source_loss(model, out: dict, targets: dict, n: int, coral_weight: float, available=None) -> torch.Tensor:
+    """The training loss of one pass over n source rows, then (CORAL) as many target rows: the task loss on
+    the source rows, plus coral_weight x CORAL between their fused representations (and, given available
+    bool [2n, E], per encoder on the projections). The model sees each row alone (no batch statistics),
+    so one pass over both is the two passes."""
+    loss = model.loss({k: v[:n] for k, v in out.items()}, targets)
+    if len(out["salience_logits"]) == n:
+        return loss
+    align = coral_loss(out["fused"][:n], out["fused"][n:])
+    if available is not None:
+        align = align + projection_coral(out["projections"][:n], out["projections"][n:], available[:n], available[n:])
+    return loss + coral_weight * align
 
 
 def projection_coral(source: torch.Tensor, target: torch.Tensor, source_ok: torch.Tensor, target_ok: torch.Tensor):
