@@ -4,6 +4,7 @@
 (b) wall time of experiments on the default dataset (and, with --full-size, exp042 on real widths);
 (c) the LightGBM ensemble of three members; (d) feature extraction throughput;
 (e) with --prepare, `bash run.sh prepare` on a generated full-size copy of the organisers' download.
+`--profile EXP` instead: where one worker's training time goes, stage by stage (src/batched.py's functions timed).
 `--training [EXP ...]` instead: only matrix-product GFLOP/s on the fusion model's shapes (float32 and bfloat16),
 then each EXP (default exp042) trained sequentially and batched, in float32 and bfloat16 (TRAINING_RUNS), with
 the achieved model FLOP/s.
@@ -227,6 +228,62 @@ def bench_training(exp_id: str, input_dir: Path, matmul: dict, runs=TRAINING_RUN
     return rows
 
 
+def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int | None = None) -> dict:
+    """Where one worker's training time goes: `models` fold x seed models of exp_id (a worker's share of 15 on
+    two processes) trained batched in this process on one thread, each stage of src/batched.py timed by a
+    wrapper around its function (the process is single-threaded and CPU work synchronous, so wall = cost)."""
+    import collections
+    import functools
+
+    import torch
+    from src import batched, config, data
+    from src.train import configure_torch
+    sets = ["train.num_threads=1"] + ([f"train.epochs={epochs}"] if epochs else [])
+    cfg = config.load(resolve(exp_id), sets)
+    seconds = collections.Counter()
+    t0 = time.perf_counter()
+    ds = data.load(input_dir, cfg.data.encoders, cfg.data.allow_missing)
+    load_s = time.perf_counter() - t0
+    configure_torch(1, torch.device("cpu"))
+
+    def timed(name, f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - start
+        return wrapper
+
+    patches = [(batched, "dropout_masks", "dropout masks (per step)"),
+               (batched, "draw_plan", "batch plan and per-clip draws (per epoch)"),
+               (batched.StackedInputs, "gather", "gathering and standardising inputs"),
+               (batched.StackedAdam, "step", "Adam"),
+               (batched, "predict_fold", "prediction (valid, test, projections)"),
+               (torch.autograd, "grad", "backward")]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    make_loss = batched.make_loss
+    try:
+        for owner, name, label in patches:
+            setattr(owner, name, timed(label, getattr(owner, name)))
+        batched.make_loss = lambda *a, **k: timed("forward and losses", make_loss(*a, **k))
+        jobs = [(*ds.split(k), cfg.seed + 100 * s + k, cfg.seed + 100 * s)
+                for s in range(cfg.train.seeds) for k in ds.fold_ids][:models]
+        t0 = time.perf_counter()
+        batched.fit_folds(ds, cfg, ds.encoders, jobs, torch.device("cpu"))
+        wall = time.perf_counter() - t0
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+        batched.make_loss = make_loss
+    seconds["setup and bookkeeping (rest)"] = wall - sum(seconds.values())
+    return {"experiment": exp_id, "input": input_dir.name, "models": len(jobs), "epochs": cfg.train.epochs,
+            "precision": cfg.train.precision, "data_loading_s": round(load_s, 2), "training_s": round(wall, 2),
+            "share": {k: round(v / wall, 3) for k, v in seconds.most_common()},
+            "seconds": {k: round(v, 2) for k, v in seconds.most_common()}}
+
+
 def bench_prepare(seed: int = 0) -> dict:
     """`python -m src.prepare` on a full-size generated download (3,050 clips, six encoders, real widths), twice:
     the first run does everything, the second finds every encoder up to date."""
@@ -262,11 +319,18 @@ def main(argv=None):
     p.add_argument("--training", nargs="*", metavar="EXP", default=None,
                    help="only the training benchmark: matmul GFLOP/s, then sequential vs batched wall time "
                         "in float32 and bfloat16 of each EXP (default exp042)")
+    p.add_argument("--profile", metavar="EXP", default=None,
+                   help="only where one worker's training time goes: 8 fold x seed models of EXP, batched, one thread")
     p.add_argument("--input", type=Path, default=None,
                    help="dataset for --training (default input/synthetic; input/synthetic_full with --full-size)")
     args = p.parse_args(argv)
     # every run below (subprocesses inherit this) and the ensemble read/write the benchmark's own roots
     os.environ.update({"BLEMORE_OUTPUT_ROOT": str(BENCH_ROOT / "exp"), "BLEMORE_SUBMISSIONS": str(BENCH_ROOT / "submissions")})
+    if args.profile is not None:
+        from src.experiments import DEFAULT_INPUT
+        inputs = args.input or (ROOT / "input" / "synthetic_full" if args.full_size else DEFAULT_INPUT)
+        print(json.dumps(profile_training(args.profile, inputs), indent=2))
+        return
     if args.training is not None:
         from src import synth
         from src.experiments import DEFAULT_INPUT
