@@ -268,12 +268,12 @@ def draw_plan(template, data: StackedInputs, targets: list, cfg, rngs: list) -> 
 def make_loss(template, feed: list, cfg):
     """vmapped (params, buffers, batch) -> loss [M]: the model's own loss (+ CORAL), as train_model computes it:
     one forward pass over its n source rows followed (CORAL) by its n target rows."""
-    weight, dtype = cfg.adapt.coral_weight, DTYPES[cfg.train.precision]
+    precision, weight = cfg.train.precision, cfg.adapt.coral_weight
 
     def one(params, buffers, xs, available, draws, masks, targets):
         feed[:] = masks  # this forward's dropout masks, taken in call order
-        out = training_forward(template, (training_weights(params, cfg.train.precision), buffers), xs, available,
-                               dtype, **draws)
+        out = training_forward(template, (training_weights(params, precision), buffers), xs, available, precision,
+                               **draws)
         return source_loss(template, out, targets, len(targets["salience"]), weight)
 
     return torch.vmap(one, randomness="error")  # every draw is given: a random op inside would be a bug
@@ -308,9 +308,8 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
             active = sizes[:, j] == n
             # each model's dropout masks from its layers stream, for its source rows and (CORAL) target rows
             masks = dropout_masks(rngs, active, spec, 2 * n if plan["coral"] else n, DTYPES[t.precision], dev)
-            mask = torch.from_numpy(active).to(dev)
             losses = step(loss_fn, params, buffers, opt, data, plan, j, n, masks, active, lr)
-            sums[:, epoch] += torch.where(mask, losses * n, 0.0)
+            sums[:, epoch] += losses * n  # masked models' losses weigh zero (step)
     for i, model in enumerate(models):
         model.load_state_dict({k: v[i].detach().clone() for k, v in {**params, **buffers}.items()})
     sums = sums.cpu()
@@ -319,7 +318,8 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
 
 def step(loss_fn, params, buffers, opt, data: StackedInputs, plan: dict, j: int, n: int, masks: list,
          active: np.ndarray, lr: float) -> torch.Tensor:
-    """One optimiser step of every unmasked model on its j-th batch (its first n rows) -> losses [M]."""
+    """One optimiser step of every unmasked model on its j-th batch (its first n rows) -> losses [M], zero
+    for masked models."""
     rows = plan["rows"][:, j, :n]
     targets = {k: v[rows] for k, v in data.targets.items()}
     draws = {k: v[:, j, :n] for k, v in plan["draws"].items()}
@@ -329,7 +329,7 @@ def step(loss_fn, params, buffers, opt, data: StackedInputs, plan: dict, j: int,
     xs, available = data.gather(rows)
     losses = loss_fn(params, buffers, xs, available, draws, masks, targets)
     names = list(params)
-    weights = torch.from_numpy(active).to(losses.device, losses.dtype)
-    grads = torch.autograd.grad((losses * weights).sum(), [params[k] for k in names], allow_unused=True)
+    losses = torch.where(torch.from_numpy(active).to(losses.device), losses, 0.0)  # masked: no loss, no gradient
+    grads = torch.autograd.grad(losses.sum(), [params[k] for k in names], allow_unused=True)
     opt.step(dict(zip(names, grads)), active, lr)
     return losses.detach()

@@ -237,6 +237,7 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
 
     import torch
     from src import batched, config, data
+    from src.pipeline import fold_job
     from src.train import configure_torch
     sets = ["train.num_threads=1"] + ([f"train.epochs={epochs}"] if epochs else [])
     cfg = config.load(resolve(exp_id), sets)
@@ -268,8 +269,7 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
         for owner, name, label in patches:
             setattr(owner, name, timed(label, getattr(owner, name)))
         batched.make_loss = lambda *a, **k: timed("forward and losses", make_loss(*a, **k))
-        jobs = [(*ds.split(k), cfg.seed + 100 * s + k, cfg.seed + 100 * s)
-                for s in range(cfg.train.seeds) for k in ds.fold_ids][:models]
+        jobs = [fold_job(ds, cfg, s, k) for s in range(cfg.train.seeds) for k in ds.fold_ids][:models]
         t0 = time.perf_counter()
         batched.fit_folds(ds, cfg, ds.encoders, jobs, torch.device("cpu"))
         wall = time.perf_counter() - t0
@@ -326,17 +326,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     # every run below (subprocesses inherit this) and the ensemble read/write the benchmark's own roots
     os.environ.update({"BLEMORE_OUTPUT_ROOT": str(BENCH_ROOT / "exp"), "BLEMORE_SUBMISSIONS": str(BENCH_ROOT / "submissions")})
-    if args.profile is not None:
-        from src.experiments import DEFAULT_INPUT
-        inputs = args.input or (ROOT / "input" / "synthetic_full" if args.full_size else DEFAULT_INPUT)
-        print(json.dumps(profile_training(args.profile, inputs), indent=2))
-        return
-    if args.training is not None:
+    if args.profile is not None or args.training is not None:
         from src import synth
         from src.experiments import DEFAULT_INPUT
         inputs = args.input or (ROOT / "input" / "synthetic_full" if args.full_size else DEFAULT_INPUT)
-        if not inputs.exists():
+        if args.input is None and not inputs.exists():  # only the default synthetic folders are generated
             synth.write(inputs, seed=0, full_size=args.full_size)
+    if args.profile is not None:
+        print(json.dumps(profile_training(args.profile, inputs), indent=2))
+        return
+    if args.training is not None:
         results = {"matmul": bench_matmul(inputs)}
         print(json.dumps(results["matmul"]), flush=True)
         for exp in args.training or ["exp042"]:

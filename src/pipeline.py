@@ -116,7 +116,7 @@ def resolved_config(cfg, ds, exp_dir: Path, variant) -> dict:
         "experiment": Path(exp_dir).name, "variant": variant, "dataset": ds.name, "input_dir": str(ds.root.resolve()),
         "n_folds": len(ds.fold_ids), "folds": ds.fold_ids, "n_train": ds.n_train, "n_test": len(ds.test_files),
         "encoders": ds.encoders, "widths": {e: int(ds.features[e].shape[1]) for e in ds.encoders},
-        "fold_seeds": {f"seed{s}": [cfg.seed + 100 * s + k for k in ds.fold_ids] for s in range(cfg.train.seeds)},
+        "fold_seeds": {f"seed{s}": [model_seed(cfg, s, k) for k in ds.fold_ids] for s in range(cfg.train.seeds)},
     }
     if cfg.model.name == "fusion" and not cfg.model.sweep_top_n:
         out["derived"]["top_n"] = config_mod.resolve_top_n(cfg.model.top_n, len(ds.encoders))
@@ -199,6 +199,21 @@ def fold_signal(plan: Plan, path: Path, k: int) -> float:
     return score(decode.nearest(prob), plan.ds.labels[plan.ds.split(k)[1]])["score"]
 
 
+def model_seed(cfg, s: int, k: int) -> int:
+    """The seed of fold k's model in seed index s (train.seeds)."""
+    return cfg.seed + 100 * s + k
+
+
+def draw_seed(cfg, s: int) -> int:
+    """The random control's prediction draws of seed index s: one per seed, shared by its fold models."""
+    return cfg.seed + 100 * s
+
+
+def fold_job(ds, cfg, s: int, k: int) -> tuple:
+    """(train_rows, valid_rows, seed, draw_seed) of fold k in seed index s: a job of batched.fit_folds."""
+    return (*ds.split(k), model_seed(cfg, s, k), draw_seed(cfg, s))
+
+
 def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
     """Train every sub-run x seed x fold whose file is missing (all of them with --force).
 
@@ -221,8 +236,8 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
             batch, share = {}, None
             if missing and sub.prior is None and sub.cfg.train.batched and batched.supported(sub.cfg):
                 t0 = time.time()
-                batch = dict(zip(jobs, batched.fit_folds(ds, sub.cfg, sub.encoders, [
-                    (*ds.split(k), cfg.seed + 100 * s + k, cfg.seed + 100 * s) for s, k in jobs], plan.device)))
+                batch = dict(zip(jobs, batched.fit_folds(ds, sub.cfg, sub.encoders,
+                                                         [fold_job(ds, cfg, s, k) for s, k in jobs], plan.device)))
                 share = (time.time() - t0) / len(jobs)
                 log(f"{sub.name or 'model'}: {len(jobs)} fold x seed models trained at once in {time.time() - t0:.1f}s")
             for s, k in jobs:
@@ -231,8 +246,8 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
                     t0 = time.time()
                     train_rows, valid_rows = ds.split(k)
                     result = batch.get((s, k)) or fit_fold(ds, sub.cfg, sub.encoders, train_rows, valid_rows,
-                                                            cfg.seed + 100 * s + k, plan.device, sub.prior,
-                                                            draw_seed=cfg.seed + 100 * s)
+                                                            model_seed(cfg, s, k), plan.device, sub.prior,
+                                                            draw_seed=draw_seed(cfg, s))
                     save_fold(plan, sub, s, k, result, time.time() - t0 if share is None else share, log,
                               in_batch=bool(batch))
                     clock.save()

@@ -128,9 +128,9 @@ def training_weights(params: dict, precision: str) -> dict:
     return params if precision == "float32" else {k: v.to(DTYPES[precision]) for k, v in params.items()}
 
 
-def training_forward(model, weights, xs: list, available, dtype, **kw) -> dict:
-    """model's forward on weights (functional_call's dicts) with inputs in dtype -> outputs in float32."""
-    out = functional_call(model, weights, ([x.to(dtype) for x in xs], available), kw)
+def training_forward(model, weights, xs: list, available, precision: str, **kw) -> dict:
+    """model's forward on weights (functional_call's dicts) with inputs at train.precision -> float32 outputs."""
+    out = functional_call(model, weights, ([x.to(DTYPES[precision]) for x in xs], available), kw)
     return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
 
 
@@ -172,7 +172,7 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, rng: dict[s
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)  # src/batched.py's kernel
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t.epochs, 1)) if t.schedule == "cosine" else None
-    coral_w, dtype = cfg.adapt.coral_weight, DTYPES[t.precision]
+    coral_w = cfg.adapt.coral_weight
     on_projections = cfg.adapt.coral_on == "fused_and_projections"
     train_rows_t = torch.as_tensor(train_rows, device=device)
     best, best_loss, waited = None, float("inf"), 0
@@ -189,7 +189,7 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, rng: dict[s
                 pick = torch.randint(len(target_rows), (n,), generator=rng["coral"])
                 idx = torch.cat([idx, torch.as_tensor(target_rows, device=device)[pick.to(device)]])
             weights = training_weights(dict(model.named_parameters()), t.precision)
-            out = training_forward(model, weights, [x[idx] for x in inp.xs], inp.available[idx], dtype,
+            out = training_forward(model, weights, [x[idx] for x in inp.xs], inp.available[idx], t.precision,
                                    generator=rng["selection"], dropout_generator=rng["encoder_dropout"])
             loss = source_loss(model, out, {k: v[idx[:n]] for k, v in inp.targets.items()}, n, coral_w,
                                inp.available[idx] if on_projections else None)
