@@ -25,10 +25,11 @@ from torch import nn
 from torch.func import stack_module_state
 
 from src.data import Dataset
+from src.device import configure_torch, resolve_precision
 from src.labels import PRESENCE, SALIENCE
 from src.models.dropout import Dropout, scaled_mask
 from src.models.fusion import FusionNet
-from src.train import (DTYPES, choose_fixed, configure_torch, fit_fold, fit_standardizer, fold_inputs, init_model,
+from src.train import (DTYPES, choose_fixed, fit_fold, fit_standardizer, fold_inputs, init_model,
                        predict_fold, seed_everything, source_loss, stream_seed, training_forward,
                        training_weights)
 
@@ -265,10 +266,10 @@ def draw_plan(template, data: StackedInputs, targets: list, cfg, rngs: list) -> 
             "coral": coral}
 
 
-def make_loss(template, feed: list, cfg):
+def make_loss(template, feed: list, cfg, precision: str):
     """vmapped (params, buffers, batch) -> loss [M]: the model's own loss (+ CORAL), as train_model computes it:
-    one forward pass over its n source rows followed (CORAL) by its n target rows."""
-    precision, weight = cfg.train.precision, cfg.adapt.coral_weight
+    one forward pass over its n source rows followed (CORAL) by its n target rows; precision: float32 | bfloat16."""
+    weight = cfg.adapt.coral_weight
 
     def one(params, buffers, xs, available, draws, masks, targets):
         feed[:] = masks  # this forward's dropout masks, taken in call order
@@ -298,7 +299,8 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
     template.train()
     opt = StackedAdam(params, t.weight_decay, decoupled=t.optimizer == "adamw")
     sums = torch.zeros(len(models), t.epochs, device=dev)
-    loss_fn = make_loss(template, feed, cfg)
+    precision = resolve_precision(t.precision, dev)
+    loss_fn = make_loss(template, feed, cfg, precision)
     for epoch, lr in enumerate(epoch_lrs(t)):
         plan = draw_plan(template, data, targets, cfg, rngs)
         sizes = plan["sizes"]
@@ -307,7 +309,7 @@ def train_stacked(models: list, data: StackedInputs, targets: list, cfg, seeds: 
         for j, n in calls:
             active = sizes[:, j] == n
             # each model's dropout masks from its layers stream, for its source rows and (CORAL) target rows
-            masks = dropout_masks(rngs, active, spec, 2 * n if plan["coral"] else n, DTYPES[t.precision], dev)
+            masks = dropout_masks(rngs, active, spec, 2 * n if plan["coral"] else n, DTYPES[precision], dev)
             losses = step(loss_fn, params, buffers, opt, data, plan, j, n, masks, active, lr)
             sums[:, epoch] += losses * n  # masked models' losses weigh zero (step)
     for i, model in enumerate(models):

@@ -1,13 +1,16 @@
-"""Benchmarks: `bash run.sh bench [--full-size] [--skip-runs]`. Prints figures; speed targets live here, not in tests.
+"""Benchmarks: `bash run.sh bench [--full-size] [--skip-runs] [--as-avx2]`. Prints figures; speed targets live
+here, not in tests.
 
+First always: the device, the precision train.precision auto picks on it, float32 and bfloat16 matmul rates.
 (a) the vectorised threshold grid search against the organisers' per-clip loop on 2,456 clips;
 (b) wall time of experiments on the default dataset (and, with --full-size, exp042 on real widths);
 (c) the LightGBM ensemble of three members; (d) feature extraction throughput;
 (e) with --prepare, `bash run.sh prepare` on a generated full-size copy of the organisers' download.
 `--profile EXP` instead: where one worker's training time goes, stage by stage (src/batched.py's functions timed).
 `--training [EXP ...]` instead: only matrix-product GFLOP/s on the fusion model's shapes (float32 and bfloat16),
-then each EXP (default exp042) trained sequentially and batched, in float32 and bfloat16 (TRAINING_RUNS), with
-the achieved model FLOP/s.
+then each EXP (default exp042) trained sequentially and batched, in float32 and bfloat16 (TRAINING_RUNS; bfloat16
+only where native), with the achieved model FLOP/s.
+`--as-avx2`: everything as on an AVX2-only CPU (AVX2_ENV), a proxy for such machines on one with more.
 Runs train in their own output and submission roots under .cache/bench/, never in a user's exp/*/output/.
 """
 from __future__ import annotations
@@ -155,7 +158,8 @@ def matmul_shapes(widths: list[int], batch: int = 64, shared: int = 256, fused: 
 
 
 def matmul_rate(shapes, models: int = 15, seconds: float = 2.0, dtype: str = "float32") -> float:
-    """GFLOP/s of this process on the model's products, forward + both backward products, `models` at once."""
+    """GFLOP/s of this process on the model's products, forward + both backward products, `models` at once
+    (at least one round, however slow)."""
     import torch
     dt = getattr(torch, dtype)
     mats = [(torch.randn(models, r, k, dtype=dt), torch.randn(models, k, c, dtype=dt), torch.randn(models, r, c, dtype=dt))
@@ -175,18 +179,38 @@ def _rate_one_thread(shapes, dtype: str) -> float:
     return matmul_rate(shapes, dtype=dtype)
 
 
+# What an AVX2-only CPU runs, on a CPU with more: torch's kernels, oneDNN (bfloat16) and MKL (float32) capped at
+# AVX2. train.precision auto then picks float32 (src/device.py reads ONEDNN_MAX_CPU_ISA).
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def bench_device() -> dict:
+    """The device, the precision train.precision auto picks on it, and one thread's float32 and bfloat16 rates on
+    a 64x1024 @ 1024x256 product (a projector's shape at the real widths)."""
+    import torch
+    from src import device
+    cpu = torch.device("cpu")
+    torch.set_num_threads(1)
+    rates = {dtype: round(matmul_rate([(64, 1024, 256)], models=1, seconds=1.0, dtype=dtype), 1)
+             for dtype in ("float32", "bfloat16")}
+    return {"device": device.describe(cpu), "auto_precision": device.resolve_precision("auto", cpu),
+            "native_bfloat16": device.native_bfloat16(cpu), "float32_gflops_1_thread": rates["float32"],
+            "bfloat16_gflops_1_thread": rates["bfloat16"],
+            "bfloat16_over_float32": round(rates["bfloat16"] / rates["float32"], 3)}
+
+
 def bench_matmul(input_dir: Path) -> dict:
-    """Matrix-product GFLOP/s on the fusion model's shapes, float32 and bfloat16 (train.precision): 1 thread,
+    """Matrix-product GFLOP/s on the fusion model's shapes, float32 and (where native) bfloat16: 1 thread,
     2 threads, 2 processes x 1 thread."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     import torch
-    from src import data
+    from src import data, device
     ds = data.load(input_dir)
     shapes = matmul_shapes([ds.features[e].shape[1] for e in ds.encoders])
     res = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", "bfloat16") if device.native_bfloat16(torch.device("cpu")) else ("float32",):
         for threads in (1, 2):
             torch.set_num_threads(threads)
             res[f"{dtype}_threads_{threads}_gflops"] = round(matmul_rate(shapes, dtype=dtype), 1)
@@ -203,12 +227,20 @@ TRAINING_RUNS = [(False, 1, "float32"), (False, 1, "bfloat16"), (True, 2, "float
 def bench_training(exp_id: str, input_dir: Path, matmul: dict, runs=TRAINING_RUNS) -> list:
     """Wall time of one experiment per (batched, threads, precision) in runs; achieved model FLOP/s, also as a
     share of the best matrix-product rate measured at that precision (matmul: bench_matmul's figures).
+    bfloat16 runs are skipped (and say why) on a CPU that only emulates bfloat16: they would take an hour.
 
     train_s sums the log's training times (batched: "N fold x seed models trained at once in Xs")."""
     import re
+
+    import torch
+    from src import device
     flops = training_flops(exp_id, input_dir)
     rows = []
     for batched, t, precision in runs:
+        if precision == "bfloat16" and not device.native_bfloat16(torch.device("cpu")):
+            print(f"skipped {exp_id} batched={batched} bfloat16: {device.describe(torch.device('cpu'))} has no "
+                  f"native bfloat16 (about {device.BF16_EMULATED_SLOWDOWN} slower than float32)", flush=True)
+            continue
         sets = [f"train.batched={str(batched).lower()}", f"train.num_threads={t}", f"train.precision={precision}"]
         log = output_dir(resolve(exp_id), input_dir.name, variant_name(False, sets)) / "log.txt"
         before = log.stat().st_size if log.is_file() else 0  # log.txt grows by one run's lines per run
@@ -236,9 +268,9 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
     import functools
 
     import torch
-    from src import batched, config, data
+    from src import batched, config, data, device
     from src.pipeline import fold_job
-    from src.train import configure_torch
+    from src.device import configure_torch
     sets = ["train.num_threads=1"] + ([f"train.epochs={epochs}"] if epochs else [])
     cfg = config.load(resolve(exp_id), sets)
     seconds = collections.Counter()
@@ -279,7 +311,7 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
         batched.make_loss = make_loss
     seconds["setup and bookkeeping (rest)"] = wall - sum(seconds.values())
     return {"experiment": exp_id, "input": input_dir.name, "models": len(jobs), "epochs": cfg.train.epochs,
-            "precision": cfg.train.precision, "data_loading_s": round(load_s, 2), "training_s": round(wall, 2),
+            "precision": device.resolve_precision(cfg.train.precision, torch.device("cpu")), "data_loading_s": round(load_s, 2), "training_s": round(wall, 2),
             "share": {k: round(v / wall, 3) for k, v in seconds.most_common()},
             "seconds": {k: round(v, 2) for k, v in seconds.most_common()}}
 
@@ -323,7 +355,13 @@ def main(argv=None):
                    help="only where one worker's training time goes: 8 fold x seed models of EXP, batched, one thread")
     p.add_argument("--input", type=Path, default=None,
                    help="dataset for --training (default input/synthetic; input/synthetic_full with --full-size)")
+    p.add_argument("--as-avx2", action="store_true",
+                   help="run as an AVX2-only CPU would: torch, oneDNN and MKL capped at AVX2 (auto picks float32)")
     args = p.parse_args(argv)
+    if args.as_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        import sys  # the caps take effect only in a process that starts with them
+        os.environ.update(AVX2_ENV)
+        os.execv(sys.executable, [sys.executable, "-m", "src.bench", *(sys.argv[1:] if argv is None else argv)])
     # every run below (subprocesses inherit this) and the ensemble read/write the benchmark's own roots
     os.environ.update({"BLEMORE_OUTPUT_ROOT": str(BENCH_ROOT / "exp"), "BLEMORE_SUBMISSIONS": str(BENCH_ROOT / "submissions")})
     if args.profile is not None or args.training is not None:
@@ -335,14 +373,16 @@ def main(argv=None):
     if args.profile is not None:
         print(json.dumps(profile_training(args.profile, inputs), indent=2))
         return
+    results = {"device": bench_device()}
+    print(json.dumps(results["device"]), flush=True)
     if args.training is not None:
-        results = {"matmul": bench_matmul(inputs)}
+        results["matmul"] = bench_matmul(inputs)
         print(json.dumps(results["matmul"]), flush=True)
         for exp in args.training or ["exp042"]:
             results[exp] = bench_training(exp, inputs, results["matmul"])
         print(json.dumps(results, indent=2))
         return
-    results = {"grid_search": bench_grid_search()}
+    results["grid_search"] = bench_grid_search()
     print(json.dumps(results["grid_search"]), flush=True)
     if not args.skip_runs:
         for exp in ("exp010", "exp020", "exp042"):

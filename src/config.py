@@ -122,8 +122,10 @@ class Train:
     # single-threaded processes, else torch threads; 0: all cores (results then follow the machine)
     num_threads: int = opt(2, Bounds(low=0))
     # bfloat16: each training step runs on bfloat16 copies of the float32 weights (src/train.training_weights);
-    # Adam, losses, CORAL and predictions stay float32. float32 on CPUs without bfloat16 instructions
-    precision: Literal["float32", "bfloat16"] = "bfloat16"
+    # Adam, losses, CORAL and predictions stay float32. auto: bfloat16 where the device multiplies it natively
+    # (src/device.py: CUDA with bfloat16, CPUs with AVX-512 BF16 or AMX), else float32; the one that ran is
+    # derived.precision in config.resolved.yaml, part of the fingerprint
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     batched: bool = True  # every fold x seed model of a sub-run at once (src/batched.py); false: one by one
 
 

@@ -34,6 +34,8 @@ from src import batched, checks
 from src import config as config_mod
 from src import data as data_mod
 from src import decode, fingerprint, submission, synth
+from src import device as device_mod
+from src.device import configure_torch, pick_device
 from src.errors import UserError, cli
 from src.experiments import (DEFAULT_INPUT, ROOT, display_path, output_dir, run_name, submissions_root,
                              variant_name)
@@ -42,7 +44,7 @@ from src.metric import score, trim
 from src.models import SubRun, n_seeds, sub_runs
 from src.runlog import Log
 from src.score import score_test
-from src.train import configure_torch, fit_fold, pick_device
+from src.train import fit_fold
 
 
 def parse_args(argv):
@@ -108,15 +110,22 @@ class Plan:
     def name(self) -> str:
         return run_name(self.exp_dir, self.variant)
 
+    @property
+    def precision(self) -> str:
+        """The precision training runs at on this device (train.precision auto resolved)."""
+        return self.record["config"]["derived"]["precision"]
 
-def resolved_config(cfg, ds, exp_dir: Path, variant) -> dict:
-    """The config with derived values (folds, widths, seeds): what the fingerprint and config.resolved.yaml hold."""
+
+def resolved_config(cfg, ds, exp_dir: Path, variant, device: torch.device) -> dict:
+    """The config with derived values (folds, widths, seeds, the precision that runs on this device): what the
+    fingerprint and config.resolved.yaml hold."""
     out = {k: v for k, v in config_mod.to_dict(cfg).items() if k != "tune"}  # a search space computes nothing
     out["derived"] = {
         "experiment": Path(exp_dir).name, "variant": variant, "dataset": ds.name, "input_dir": str(ds.root.resolve()),
         "n_folds": len(ds.fold_ids), "folds": ds.fold_ids, "n_train": ds.n_train, "n_test": len(ds.test_files),
         "encoders": ds.encoders, "widths": {e: int(ds.features[e].shape[1]) for e in ds.encoders},
         "fold_seeds": {f"seed{s}": [model_seed(cfg, s, k) for k in ds.fold_ids] for s in range(cfg.train.seeds)},
+        "precision": device_mod.resolve_precision(cfg.train.precision, device),
     }
     if cfg.model.name == "fusion" and not cfg.model.sweep_top_n:
         out["derived"]["top_n"] = config_mod.resolve_top_n(cfg.model.top_n, len(ds.encoders))
@@ -135,7 +144,7 @@ def prepare(exp_dir: Path, args) -> Plan:
     ds = data_mod.load(input_dir, cfg.data.encoders, cfg.data.allow_missing)
     check_compatible(cfg, ds)
     device = pick_device(cfg.train.device)
-    record = fingerprint.compute(resolved_config(cfg, ds, exp_dir, variant), exp_dir, data_mod.input_files(ds))
+    record = fingerprint.compute(resolved_config(cfg, ds, exp_dir, variant, device), exp_dir, data_mod.input_files(ds))
     out = output_dir(exp_dir, ds.name, variant)
     checks.preflight(cfg, ds, [out, submissions_root() / ds.name])  # before anything trains
     return Plan(exp_dir, cfg, ds, variant, out, record, device, args)
@@ -505,7 +514,8 @@ def write_run(plan: Plan, final: dict, evaluated: dict, extra: dict, group, hist
         write_csv(plan.out / f"{group}.csv", group_table(metrics[group], group))
     timing = clock.save()
     metrics |= {"history": histories, "runtime_s": timing["runtime_s"], "invocations": timing["invocations"],
-                "resumes": timing["invocations"] - 1, "smoke": plan.cfg.smoke, "variant": plan.variant}
+                "resumes": timing["invocations"] - 1, "smoke": plan.cfg.smoke, "variant": plan.variant,
+                "precision": plan.precision, "device": device_mod.describe(plan.device)}
     write_json(plan.out / "metrics.json", metrics)
     resolved = plan.record["config"] | {"run": {
         "fingerprint": plan.record["fingerprint"], "git_commit": git_commit(), "overrides": plan.args.sets,
@@ -566,9 +576,13 @@ def run_plan(plan: Plan, on_model=None) -> Path:
     log = Log(out / "log.txt", quiet=plan.args.quiet)
     configure_torch(cfg.train.num_threads, plan.device)
     log(f"[bold]{plan.name}[/bold] on {ds.name}: {ds.n_train} train clips in {len(ds.fold_ids)} folds, "
-        f"{len(ds.test_files)} test clips, encoders {', '.join(ds.encoders)}; device {plan.device}; "
-        f"fingerprint {plan.record['fingerprint']}" + (" (resuming finished folds)" if resume else "")
-        + (" [smoke]" if cfg.smoke else ""))
+        f"{len(ds.test_files)} test clips, encoders {', '.join(ds.encoders)}; device {plan.device}, precision "
+        f"{plan.precision}{' (auto)' if cfg.train.precision == 'auto' else ''}; fingerprint {plan.record['fingerprint']}"
+        + (" (resuming finished folds)" if resume else "") + (" [smoke]" if cfg.smoke else ""))
+    log(f"device: {device_mod.describe(plan.device)}", file_only=True)
+    warning = device_mod.precision_warning(cfg.train.precision, plan.device)
+    if warning:
+        log(f"[yellow]{warning}[/yellow]")
     if plan.args.force:
         log("--force: retraining every fold of this variant; its previous results stay until this run finishes")
     elif not resume and previous is not None:

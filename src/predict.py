@@ -20,12 +20,13 @@ import yaml
 from src import config as config_mod
 from src import data as data_mod
 from src import decode, submission
+from src.device import configure_torch, pick_device
 from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, display_path, output_dir, outputs_of, resolve_run, run_name, submissions_root
 from src.io import write_csv, write_json
 from src.models import n_seeds, sub_runs
 from src.pipeline import late_mean, seed_mean, stack_parts
-from src.train import configure_torch, pick_device, predict_checkpoint
+from src.train import predict_checkpoint
 
 
 def find_run(exp_dir: Path, variant, dataset: str, trained_on: str | None) -> Path:

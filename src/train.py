@@ -4,7 +4,6 @@ Row indices address the dataset's feature matrices: train clips first (0..n_trai
 """
 from __future__ import annotations
 
-import ctypes
 import random
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from torch.func import functional_call
 
 from src.coral import coral_loss
 from src.data import Dataset
+from src.device import resolve_precision
 from src.errors import UserError
 from src.labels import IS_BLEND, PRESENCE, SALIENCE
 from src.models.fusion import FusionNet
@@ -35,41 +35,6 @@ def seed_everything(seed: int) -> dict[str, torch.Generator]:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return {p: torch.Generator().manual_seed(stream_seed(seed, p)) for p in STREAMS}
-
-
-def pick_device(name: str, what: str = "train.device") -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a device this machine has; `what` names the setting in errors."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"{what} {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{what} {name}: CUDA is not available on this machine (torch sees no CUDA device)")
-    return device
-
-
-def keep_freed_memory() -> None:
-    """Keep freed blocks under 32 MiB in the process. By default glibc hands large freed blocks back to the
-    OS (mmap / trim), so each training step's multi-MB tensors fault their pages in anew: 6-15% of the batched
-    training time went to the kernel. A no-op where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: serve blocks under 32 MiB from the heap
-        libc.mallopt(-1, 2**31 - 1)   # M_TRIM_THRESHOLD: never shrink the heap
-    except (OSError, AttributeError):
-        pass
-
-
-def configure_torch(num_threads: int, device: torch.device) -> None:
-    keep_freed_memory()
-    torch.set_num_threads(num_threads or torch.get_num_threads())
-    # Bit-identical reruns on CPU; on GPU some kernels stay nondeterministic (logged by the pipeline).
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=False)
-    # ...without its NaN-filling of every new tensor (a guard against kernels that read memory they never
-    # wrote; none does here, and the determinism tests compare reruns byte for byte): ~15% of training time
-    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def fit_standardizer(X: np.ndarray, fit_rows: np.ndarray, present: np.ndarray):
@@ -121,10 +86,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def training_weights(params: dict, precision: str) -> dict:
-    """The weights a training step runs on: the float32 parameters, or (train.precision bfloat16) bfloat16
-    copies, made once per step, through which the float32 parameters get their gradients; Adam, the losses,
-    CORAL and every prediction stay float32. Mixed precision as on GPUs: bfloat16 matrix products run at
-    ~4x the float32 rate on CPUs with AVX512-BF16 or AMX (bash run.sh bench --training)."""
+    """The weights a training step runs on: the float32 parameters, or (precision bfloat16) bfloat16 copies,
+    made once per step, through which the float32 parameters get their gradients; Adam, the losses, CORAL and
+    every prediction stay float32, as mixed precision on GPUs does."""
     return params if precision == "float32" else {k: v.to(DTYPES[precision]) for k, v in params.items()}
 
 
@@ -173,6 +137,7 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, rng: dict[s
     opt = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)  # src/batched.py's kernel
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t.epochs, 1)) if t.schedule == "cosine" else None
     coral_w = cfg.adapt.coral_weight
+    precision = resolve_precision(t.precision, device)
     on_projections = cfg.adapt.coral_on == "fused_and_projections"
     train_rows_t = torch.as_tensor(train_rows, device=device)
     best, best_loss, waited = None, float("inf"), 0
@@ -188,8 +153,8 @@ def train_model(model, inp: FoldInputs, train_rows: np.ndarray, cfg, rng: dict[s
             if coral_w > 0 and target_rows is not None:  # the CORAL target rows after the source rows, one pass
                 pick = torch.randint(len(target_rows), (n,), generator=rng["coral"])
                 idx = torch.cat([idx, torch.as_tensor(target_rows, device=device)[pick.to(device)]])
-            weights = training_weights(dict(model.named_parameters()), t.precision)
-            out = training_forward(model, weights, [x[idx] for x in inp.xs], inp.available[idx], t.precision,
+            weights = training_weights(dict(model.named_parameters()), precision)
+            out = training_forward(model, weights, [x[idx] for x in inp.xs], inp.available[idx], precision,
                                    generator=rng["selection"], dropout_generator=rng["encoder_dropout"])
             loss = source_loss(model, out, {k: v[idx[:n]] for k, v in inp.targets.items()}, n, coral_w,
                                inp.available[idx] if on_projections else None)

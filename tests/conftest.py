@@ -16,9 +16,36 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src import synth  # noqa: E402
+import torch  # noqa: E402
+
+from src import device, synth  # noqa: E402
 from src.experiments import output_dir as _output_dir, resolve, submissions_root, variant_name  # noqa: E402
 from src.pipeline import parse_args  # noqa: E402
+
+# The tests train in float32 (train.precision auto) on every machine, unless a test is about bfloat16: in this
+# process the CPU's bfloat16 flags are hidden from auto (fixture below); subprocesses run with oneDNN capped at
+# AVX2 (SUBPROCESS_ENV), as on an AVX2-only CPU. A test about bfloat16 is marked with `bfloat16`: skipped where the
+# CPU only emulates it (tens of times slower), run where it is native.
+NATIVE_BF16 = device.native_bfloat16(torch.device("cpu"))
+SUBPROCESS_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}  # one torch thread: faster for tiny data
+
+
+def bfloat16(test):
+    """Mark a test about bfloat16: it sees the CPU's real flags, and is skipped where bfloat16 is not native."""
+    reason = (f"{device.describe(torch.device('cpu'))} has no native bfloat16: it runs about "
+              f"{device.BF16_EMULATED_SLOWDOWN} slower than float32")
+    return pytest.mark.bfloat16(pytest.mark.skipif(not NATIVE_BF16, reason=reason)(test))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bfloat16: trains in bfloat16 (skipped where the CPU only emulates it)")
+
+
+@pytest.fixture(autouse=True)
+def float32_unless_bfloat16(request, monkeypatch):
+    if request.node.get_closest_marker("bfloat16") is None:
+        monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2"})
+
 
 TINY = dict(n_train_actors=6, n_test_actors=2, n_folds=3, width_scale=0.25)
 TEMPLATE = Path(__file__).parent / "data" / "submission_template.json"  # 4 entries of the organisers' template
@@ -56,8 +83,8 @@ def shared_dataset(tmp_path_factory):
 
 
 def run_cli(*args, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
-    """Run `python -m <args>` from the repo root, as run.sh does; one torch thread (faster for tiny data)."""
-    env = {**os.environ, "PYTHONPATH": str(cwd), "OMP_NUM_THREADS": "1"}
+    """Run `python -m <args>` from the repo root, as run.sh does, as on an AVX2-only CPU (SUBPROCESS_ENV)."""
+    env = {**os.environ, "PYTHONPATH": str(cwd), **SUBPROCESS_ENV}
     proc = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -66,7 +93,7 @@ def run_cli(*args, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
 
 def run_script(path: str, *args) -> subprocess.CompletedProcess:
     """Run a file as a user would (`python src/score.py ...`), from the repo root, without PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | SUBPROCESS_ENV
     return subprocess.run([sys.executable, str(ROOT / path), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True)
 

@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from src.device import pick_device
 from src.errors import UserError
 from src.features.aggregate import write_features
 from src.io import atomic_write, write_json
@@ -123,7 +124,6 @@ def read_audio(path) -> np.ndarray:
 
 
 def choose_device(name: str) -> torch.device:
-    from src.train import pick_device  # the one device picker, shared with training
     return pick_device(name, "--device")
 
 
