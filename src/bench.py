@@ -6,9 +6,9 @@ First always: the device, the precision train.precision auto picks on it, float3
 (b) wall time of experiments on the default dataset (and, with --full-size, exp042 on real widths);
 (c) the LightGBM ensemble of three members; (d) feature extraction throughput;
 (e) with --prepare, `bash run.sh prepare` on a generated full-size copy of the organisers' download.
-`--profile EXP` instead: where one worker's training time goes, stage by stage (src/batched.py's functions timed).
+`--profile EXP` instead: where one worker's training time goes, stage by stage (src/train/trainer.py's functions timed).
 `--training [EXP ...]` instead: only matrix-product GFLOP/s on the fusion model's shapes (float32 and bfloat16),
-then each EXP (default exp042) trained sequentially and batched, in float32 and bfloat16 (TRAINING_RUNS; bfloat16
+then each EXP (default exp042) trained one model at a time and stacked, in float32 and bfloat16 (TRAINING_RUNS; bfloat16
 only where native), with the achieved model FLOP/s.
 `--as-avx2`: everything as on an AVX2-only CPU (AVX2_ENV), a proxy for such machines on one with more.
 Runs train in their own output and submission roots under .cache/bench/, never in a user's exp/*/output/.
@@ -219,17 +219,17 @@ def bench_matmul(input_dir: Path) -> dict:
     return res
 
 
-# (train.batched, train.num_threads, train.precision) per run of bench --training: the sequential float32 path
-# at 1 thread is the code before issue 13; the last one is the default
+# (train.batched, train.workers, train.precision) per run of bench --training: one model at a time in one
+# process, then the default stacks on two processes, in each precision (bfloat16 only where native)
 TRAINING_RUNS = [(False, 1, "float32"), (False, 1, "bfloat16"), (True, 2, "float32"), (True, 2, "bfloat16")]
 
 
 def bench_training(exp_id: str, input_dir: Path, matmul: dict, runs=TRAINING_RUNS) -> list:
-    """Wall time of one experiment per (batched, threads, precision) in runs; achieved model FLOP/s, also as a
+    """Wall time of one experiment per (batched, workers, precision) in runs; achieved model FLOP/s, also as a
     share of the best matrix-product rate measured at that precision (matmul: bench_matmul's figures).
     bfloat16 runs are skipped (and say why) on a CPU that only emulates bfloat16: they would take an hour.
 
-    train_s sums the log's training times (batched: "N fold x seed models trained at once in Xs")."""
+    train_s sums the log's training times ("N fold x seed models trained at once in Xs")."""
     import re
 
     import torch
@@ -241,18 +241,18 @@ def bench_training(exp_id: str, input_dir: Path, matmul: dict, runs=TRAINING_RUN
             print(f"skipped {exp_id} batched={batched} bfloat16: {device.describe(torch.device('cpu'))} has no "
                   f"native bfloat16 (about {device.BF16_EMULATED_SLOWDOWN} slower than float32)", flush=True)
             continue
-        sets = [f"train.batched={str(batched).lower()}", f"train.num_threads={t}", f"train.precision={precision}"]
+        sets = [f"train.batched={str(batched).lower()}", f"train.workers={t}", f"train.precision={precision}"]
         log = output_dir(resolve(exp_id), input_dir.name, variant_name(False, sets)) / "log.txt"
         before = log.stat().st_size if log.is_file() else 0  # log.txt grows by one run's lines per run
         res = bench_experiment(exp_id, "--input", str(input_dir), *[a for s in sets for a in ("--set", s)])
         with open(log) as fh:
             fh.seek(before)
             lines = fh.read()
-        pattern = r"models trained at once in ([0-9.]+)s" if batched else r"trained in ([0-9.]+)s"
+        pattern = r"models trained at once in ([0-9.]+)s"
         train_s = sum(float(x) for x in re.findall(pattern, lines))
         achieved = flops / max(train_s, 1e-9) / 1e9
         peak = max(v for k, v in matmul.items() if k.startswith(precision))
-        rows.append({**res, "batched": batched, "num_threads": t, "precision": precision, "train_s": round(train_s, 1),
+        rows.append({**res, "batched": batched, "workers": t, "precision": precision, "train_s": round(train_s, 1),
                      "model_tflop": round(flops / 1e12, 2), "achieved_gflops": round(achieved, 1),
                      "of_matmul_rate": round(achieved / peak, 2),
                      "of_float32_matmul_rate": round(achieved / max(v for k, v in matmul.items() if k.startswith("float32")), 2)})
@@ -262,18 +262,20 @@ def bench_training(exp_id: str, input_dir: Path, matmul: dict, runs=TRAINING_RUN
 
 def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int | None = None) -> dict:
     """Where one worker's training time goes: `models` fold x seed models of exp_id (a worker's share of 15 on
-    two processes) trained batched in this process on one thread, each stage of src/batched.py timed by a
-    wrapper around its function (the process is single-threaded and CPU work synchronous, so wall = cost)."""
+    two processes) trained as one stack in this process on one thread, each stage of src/train/trainer.py
+    timed by a wrapper around its function (the process is single-threaded and CPU work synchronous, so wall =
+    cost), with the number of calls per stage."""
     import collections
     import functools
 
     import torch
-    from src import batched, config, data, device
-    from src.pipeline import fold_job
+    from src import config, data, device
     from src.device import configure_torch
-    sets = ["train.num_threads=1"] + ([f"train.epochs={epochs}"] if epochs else [])
+    from src.pipeline import fold_job
+    from src.train import inputs, optim, trainer
+    sets = ["train.workers=1"] + ([f"train.epochs={epochs}"] if epochs else [])
     cfg = config.load(resolve(exp_id), sets)
-    seconds = collections.Counter()
+    seconds, calls = collections.Counter(), collections.Counter()
     t0 = time.perf_counter()
     ds = data.load(input_dir, cfg.data.encoders, cfg.data.allow_missing)
     load_s = time.perf_counter() - t0
@@ -287,33 +289,37 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
                 return f(*args, **kwargs)
             finally:
                 seconds[name] += time.perf_counter() - start
+                calls[name] += 1
         return wrapper
 
-    patches = [(batched, "dropout_masks", "dropout masks (per step)"),
-               (batched, "draw_plan", "batch plan and per-clip draws (per epoch)"),
-               (batched.StackedInputs, "gather", "gathering and standardising inputs"),
-               (batched.StackedAdam, "step", "Adam"),
-               (batched, "predict_fold", "prediction (valid, test, projections)"),
+    patches = [(trainer, "dropout_masks", "dropout masks (per step)"),
+               (trainer, "draw_plan", "batch plan and per-clip draws (per epoch)"),
+               (inputs.StackedInputs, "gather", "gathering and standardising inputs"),
+               (optim.StackedAdam, "step", "Adam"),
+               (trainer, "predict", "prediction (valid, test)"),
+               (trainer, "projections", "projections (valid)"),
                (torch.autograd, "grad", "backward")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    make_loss = batched.make_loss
+    make_loss = trainer.make_loss
     try:
         for owner, name, label in patches:
             setattr(owner, name, timed(label, getattr(owner, name)))
-        batched.make_loss = lambda *a, **k: timed("forward and losses", make_loss(*a, **k))
+        trainer.make_loss = lambda *a, **k: timed("forward and losses", make_loss(*a, **k))
         jobs = [fold_job(ds, cfg, s, k) for s in range(cfg.train.seeds) for k in ds.fold_ids][:models]
         t0 = time.perf_counter()
-        batched.fit_folds(ds, cfg, ds.encoders, jobs, torch.device("cpu"))
+        trainer.fit_folds(ds, cfg, ds.encoders, jobs, torch.device("cpu"))
         wall = time.perf_counter() - t0
     finally:
         for owner, name, original in originals:
             setattr(owner, name, original)
-        batched.make_loss = make_loss
-    seconds["setup and bookkeeping (rest)"] = wall - sum(seconds.values())
+        trainer.make_loss = make_loss
+    timed_s = sum(seconds.values())
+    seconds["setup and bookkeeping (rest)"] = wall - timed_s
     return {"experiment": exp_id, "input": input_dir.name, "models": len(jobs), "epochs": cfg.train.epochs,
-            "precision": device.resolve_precision(cfg.train.precision, torch.device("cpu")), "data_loading_s": round(load_s, 2), "training_s": round(wall, 2),
+            "precision": device.resolve_precision(cfg.train.precision, torch.device("cpu")),
+            "data_loading_s": round(load_s, 2), "training_s": round(wall, 2), "timed_s": round(timed_s, 2),
             "share": {k: round(v / wall, 3) for k, v in seconds.most_common()},
-            "seconds": {k: round(v, 2) for k, v in seconds.most_common()}}
+            "seconds": {k: round(v, 2) for k, v in seconds.most_common()}, "calls": dict(calls)}
 
 
 def bench_prepare(seed: int = 0) -> dict:
@@ -349,7 +355,7 @@ def main(argv=None):
     p.add_argument("--skip-extract", action="store_true", help="skip the feature-extraction benchmark")
     p.add_argument("--prepare", action="store_true", help="also time `prepare` on a generated full-size download")
     p.add_argument("--training", nargs="*", metavar="EXP", default=None,
-                   help="only the training benchmark: matmul GFLOP/s, then sequential vs batched wall time "
+                   help="only the training benchmark: matmul GFLOP/s, then one-at-a-time vs stacked wall time "
                         "in float32 and bfloat16 of each EXP (default exp042)")
     p.add_argument("--profile", metavar="EXP", default=None,
                    help="only where one worker's training time goes: 8 fold x seed models of EXP, batched, one thread")

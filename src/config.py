@@ -13,6 +13,7 @@ from typing import Literal, Union
 import yaml
 
 from src.errors import UserError
+from src.model import resolve_top_n
 
 
 @dataclass(frozen=True)
@@ -118,15 +119,15 @@ class Train:
     epoch_selection: Literal["fixed", "valid_fold_score"] = "fixed"
     patience: int = opt(5, POSITIVE)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # a fixed default, so results never depend on the machine's core count; batched on CPU: that many
-    # single-threaded processes, else torch threads; 0: all cores (results then follow the machine)
-    num_threads: int = opt(2, Bounds(low=0))
+    # CPU: the fold x seed models are split over this many single-threaded processes (0: one per core, so
+    # results then follow the machine); a fixed default, so results never depend on the core count
+    workers: int = opt(2, Bounds(low=0))
     # bfloat16: each training step runs on bfloat16 copies of the float32 weights (src/train.training_weights);
     # Adam, losses, CORAL and predictions stay float32. auto: bfloat16 where the device multiplies it natively
     # (src/device.py: CUDA with bfloat16, CPUs with AVX-512 BF16 or AMX), else float32; the one that ran is
     # derived.precision in config.resolved.yaml, part of the fingerprint
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    batched: bool = True  # every fold x seed model of a sub-run at once (src/batched.py); false: one by one
+    batched: bool = True  # a worker's fold x seed models of a sub-run in one stack; false: one at a time
 
 
 @dataclass(frozen=True)
@@ -171,14 +172,6 @@ class Config:
     decoder: Decoder = field(default_factory=Decoder)
     adapt: Adapt = field(default_factory=Adapt)
     tune: Tune = field(default_factory=Tune)
-
-
-def resolve_top_n(top_n, n_encoders: int) -> int:
-    """model.top_n -> the number of encoders a clip keeps on a dataset with n_encoders encoders."""
-    n = n_encoders if top_n == "all" else top_n if top_n > 0 else n_encoders + top_n
-    if top_n == 0 or n < 1:
-        raise UserError(f"model.top_n: {top_n} keeps no encoder of {n_encoders} (use n >= 1, all, or -k for all but k)")
-    return min(n, n_encoders)
 
 
 def describe_top_n(model: Model, n_encoders: int) -> str:

@@ -112,6 +112,7 @@ def keep_freed_memory() -> None:
 
 
 def configure_torch(num_threads: int, device: torch.device) -> None:
+    """This process's torch: num_threads threads (0: all cores), deterministic kernels on CPU."""
     keep_freed_memory()
     torch.set_num_threads(num_threads or torch.get_num_threads())
     # Bit-identical reruns on CPU; on GPU some kernels stay nondeterministic (logged by the pipeline).

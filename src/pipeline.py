@@ -30,7 +30,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from src import batched, checks
+from src import checks
 from src import config as config_mod
 from src import data as data_mod
 from src import decode, fingerprint, submission, synth
@@ -41,10 +41,10 @@ from src.experiments import (DEFAULT_INPUT, ROOT, display_path, output_dir, run_
                              variant_name)
 from src.io import WriteError, atomic_write, write_csv, write_json, write_npz, write_text
 from src.metric import score, trim
-from src.models import SubRun, n_seeds, sub_runs
+from src.subruns import SubRun, n_seeds, sub_runs
 from src.runlog import Log
 from src.score import score_test
-from src.train import fit_fold
+from src.train.trainer import fit_folds
 
 
 def parse_args(argv):
@@ -219,7 +219,7 @@ def draw_seed(cfg, s: int) -> int:
 
 
 def fold_job(ds, cfg, s: int, k: int) -> tuple:
-    """(train_rows, valid_rows, seed, draw_seed) of fold k in seed index s: a job of batched.fit_folds."""
+    """(train_rows, valid_rows, seed, draw_seed) of fold k in seed index s: a job of trainer.fit_folds."""
     return (*ds.split(k), model_seed(cfg, s, k), draw_seed(cfg, s))
 
 
@@ -228,9 +228,9 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
 
     on_model(step, value), when given, runs after each fold x seed model (trained or cached): value is the
     mean fold_signal of the models so far; it may raise to stop the run (a pruned tune trial).
-    train.batched: a sub-run with a missing file trains all its fold x seed models at once (src/batched.py),
-    so on_model sees them once the batch is done. The batch is the resume unit: the whole sub-run retrains,
-    so a resumed run holds the floats of an uninterrupted one, and only the missing files are written.
+    A sub-run with a missing file trains all its fold x seed models at once (trainer.fit_folds), so on_model
+    sees them once they are done. The sub-run is the resume unit: it retrains whole, so a resumed run holds
+    the floats of an uninterrupted one, and only the missing files are written.
     """
     cfg, ds = plan.cfg, plan.ds
     _, _, subs = sub_runs(cfg, ds.encoders)
@@ -242,23 +242,17 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
         for sub in subs:
             jobs = [(s, k) for s in range(n_seeds(cfg, sub)) for k in ds.fold_ids]
             missing = {(s, k) for s, k in jobs if plan.args.force or not fold_path(plan, sub, k, s).is_file()}
-            batch, share = {}, None
-            if missing and sub.prior is None and sub.cfg.train.batched and batched.supported(sub.cfg):
+            batch, share = {}, 0.0
+            if missing:
                 t0 = time.time()
-                batch = dict(zip(jobs, batched.fit_folds(ds, sub.cfg, sub.encoders,
-                                                         [fold_job(ds, cfg, s, k) for s, k in jobs], plan.device)))
+                batch = dict(zip(jobs, fit_folds(ds, sub.cfg, sub.encoders, [fold_job(ds, cfg, s, k) for s, k in jobs],
+                                                 plan.device, sub.prior)))
                 share = (time.time() - t0) / len(jobs)
                 log(f"{sub.name or 'model'}: {len(jobs)} fold x seed models trained at once in {time.time() - t0:.1f}s")
             for s, k in jobs:
                 path = fold_path(plan, sub, k, s)
                 if (s, k) in missing:
-                    t0 = time.time()
-                    train_rows, valid_rows = ds.split(k)
-                    result = batch.get((s, k)) or fit_fold(ds, sub.cfg, sub.encoders, train_rows, valid_rows,
-                                                            model_seed(cfg, s, k), plan.device, sub.prior,
-                                                            draw_seed=draw_seed(cfg, s))
-                    save_fold(plan, sub, s, k, result, time.time() - t0 if share is None else share, log,
-                              in_batch=bool(batch))
+                    save_fold(plan, sub, s, k, batch[(s, k)], share, log)
                     clock.save()
                 progress.advance(task)
                 if on_model is not None:
@@ -266,11 +260,10 @@ def train_folds(plan: Plan, log: Log, clock: Clock, on_model=None) -> None:
                     on_model(len(signals) - 1, float(np.mean(signals)))
 
 
-def save_fold(plan: Plan, sub: SubRun, s: int, k: int, result: tuple, seconds: float, log: Log,
-              in_batch: bool = False) -> None:
+def save_fold(plan: Plan, sub: SubRun, s: int, k: int, result: tuple, seconds: float, log: Log) -> None:
     """Check one fold x seed model's predictions, then write its checkpoint and fold file and log its history.
 
-    seconds: its training time (batched: its share of the batch's)."""
+    seconds: its share of its sub-run's training time."""
     valid, test, state, extras = result
     label = f"{sub.name or 'model'} fold {k} seed {s}"
     checks.check_predictions({**valid, **test},  # NaN must stop the run, not reach a submission
@@ -278,16 +271,14 @@ def save_fold(plan: Plan, sub: SubRun, s: int, k: int, result: tuple, seconds: f
     ckpt = {key: extras[key] for key in ("mean", "std", "widths", "draw_seed", "n_rows", "prior_config")
             if key in extras} | ({"state_dict": state} if state is not None else {})
     atomic_write(fold_path(plan, sub, k, s, "models"), lambda p: torch.save(ckpt, p))
-    meta = {"seconds": round(seconds, 1), "history": extras.get("history"), "fixed_encoders": extras.get("fixed_encoders"),
-            "batched": in_batch}
+    meta = {"seconds": round(seconds, 1), "history": extras.get("history"), "fixed_encoders": extras.get("fixed_encoders")}
     write_fold(fold_path(plan, sub, k, s), valid, test, meta, extras.get("projections") if s == 0 else None)
     for e, loss in enumerate((extras.get("history") or {}).get("train_loss", []), start=1):
         inner = extras["history"].get("inner_loss", [])
         log(f"{label} epoch {e}: train loss {loss:.4f}"
             + (f", inner-split loss {inner[e - 1]:.4f}" if e <= len(inner) else ""), file_only=True)
     note = f" fixed encoders {extras['fixed_encoders']}" if "fixed_encoders" in extras else ""
-    how = f"trained in the batch ({meta['seconds']:.1f}s per model)" if in_batch else f"trained in {meta['seconds']:.1f}s"
-    log(f"{label}: {how}{note}")
+    log(f"{label}: trained in the batch ({meta['seconds']:.1f}s per model){note}")
 
 
 # ---- stage 2: fold files -> OOF and test parts ------------------------------------------------------------
@@ -574,7 +565,7 @@ def run_plan(plan: Plan, on_model=None) -> Path:
     previous = previous_record(out)
     resume = (plan.run_dir / "fingerprint.json").is_file() and not plan.args.force
     log = Log(out / "log.txt", quiet=plan.args.quiet)
-    configure_torch(cfg.train.num_threads, plan.device)
+    configure_torch(cfg.train.workers, plan.device)
     log(f"[bold]{plan.name}[/bold] on {ds.name}: {ds.n_train} train clips in {len(ds.fold_ids)} folds, "
         f"{len(ds.test_files)} test clips, encoders {', '.join(ds.encoders)}; device {plan.device}, precision "
         f"{plan.precision}{' (auto)' if cfg.train.precision == 'auto' else ''}; fingerprint {plan.record['fingerprint']}"

@@ -24,9 +24,9 @@ from src.device import configure_torch, pick_device
 from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, display_path, output_dir, outputs_of, resolve_run, run_name, submissions_root
 from src.io import write_csv, write_json
-from src.models import n_seeds, sub_runs
+from src.subruns import n_seeds, sub_runs
 from src.pipeline import late_mean, seed_mean, stack_parts
-from src.train import predict_checkpoint
+from src.train.trainer import predict_checkpoint
 
 
 def find_run(exp_dir: Path, variant, dataset: str, trained_on: str | None) -> Path:
@@ -69,7 +69,7 @@ def predict_run(out: Path, input_dir: Path) -> tuple[dict, np.ndarray, data_mod.
             raise UserError(f"encoder '{enc}': width {ds.features[enc].shape[1]} in {input_dir}, "
                             f"{width} in the run {display_path(out)}")
     device = pick_device(cfg.train.device)
-    configure_torch(cfg.train.num_threads, device)
+    configure_torch(cfg.train.workers, device)
     models = out / "runs" / resolved["run"]["fingerprint"] / "models"
     group, combine, subs = sub_runs(cfg, ds.encoders)
     if combine == "choose":

@@ -207,7 +207,7 @@ def test_code_or_data_change_retrains_and_says_what_changed(make_dataset, tmp_pa
 def test_early_stopping_never_reads_the_scored_rows(shared_dataset):
     """With early stopping on, permuting the validation fold's labels leaves every prediction bit-identical."""
     cfg = config.load(resolve("exp030"), ["train.early_stopping=true", "train.epochs=4", "train.patience=1",
-                                          "train.seeds=1", "train.num_threads=1"])
+                                          "train.seeds=1", "train.workers=1"])
     ds = data.load(shared_dataset)
     train_rows, valid_rows = ds.split(0)
     fit = lambda: fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))

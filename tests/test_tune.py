@@ -14,7 +14,7 @@ SMOKE_SPACE = "tune.space={model.dropout: {float: [0.0, 0.5]}}"
 
 
 def tune(exp, input_dir, *args, check=True):
-    return run_cli("src.tune", exp, "--input", input_dir, "--smoke", "--set", "train.num_threads=1", *args,
+    return run_cli("src.tune", exp, "--input", input_dir, "--smoke", "--set", "train.workers=1", *args,
                    check=check)
 
 
@@ -63,7 +63,7 @@ def test_two_workers_share_a_study_then_resume_and_child_runs(make_dataset, exp_
     child = exp_root / summary["child_experiment"]
     body = yaml.safe_load((child / "config.yaml").read_text())
     assert body["parent"] == "exp042" and body["model"]["dropout"] == summary["best_params"]["model.dropout"]
-    assert body["train"]["num_threads"] == 1 and "best trial" in body["note"]
+    assert body["train"]["workers"] == 1 and "best trial" in body["note"]
     run_cli("src.experiments", child.name[:6], "--input", data, "--smoke", "--quiet")
     assert (child / "output" / f"{data.name}@smoke" / "metrics.json").is_file()
 

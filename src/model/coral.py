@@ -24,3 +24,21 @@ def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             dist = ((s @ s.T).square().sum() / ns ** 2 + (t @ t.T).square().sum() / nt ** 2
                     - 2 * (s @ t.T).square().sum() / (ns * nt))
         return dist / (4 * d * d)
+
+
+def masked_coral_loss(source: torch.Tensor, target: torch.Tensor, source_ok: torch.Tensor,
+                      target_ok: torch.Tensor) -> torch.Tensor:
+    """coral_loss over the rows where *_ok (bool [B]) holds, as 0/1 row weights (a row count that may differ
+    per model under vmap); 0 unless both sides have two rows (a covariance needs two)."""
+    d = source.shape[1]
+    with torch.autocast(source.device.type, enabled=False):
+        covs = []
+        for x, ok in ((source, source_ok), (target, target_ok)):
+            w = ok.float()[:, None]
+            n = w.sum()
+            centred = (x.float() - (w * x.float()).sum(0) / n.clamp(min=1)) * w
+            covs.append(centred.T @ centred / (n - 1).clamp(min=1))
+        diff = covs[0] - covs[1]
+        enough = (source_ok.sum() >= 2) & (target_ok.sum() >= 2)
+        return torch.where(enough, (diff * diff).sum() / (4 * d * d), 0.0)
+

@@ -1,4 +1,5 @@
-"""The batched trainer (src/batched.py) against the sequential one (src/train.py) on tiny synthetic data."""
+"""The one training loop (src/train/trainer.py): a model trained in a stack of three ends where it ends alone
+(a stack of one), on tiny synthetic data."""
 from dataclasses import replace
 
 import numpy as np
@@ -7,9 +8,9 @@ import torch
 
 from conftest import bfloat16, output_dir, run_exp
 from src import config, data
-from src.batched import StackedAdam, fit_folds, supported
 from src.experiments import resolve
-from src.train import fit_fold
+from src.train.optim import StackedAdam
+from src.train.trainer import fit_folds
 
 CPU = torch.device("cpu")
 
@@ -19,9 +20,14 @@ def small_cfg(exp_id: str, **model):
     cfg = config.load(resolve(exp_id), smoke=True)
     model = {**({"shared_dim": 16, "fused_dim": 16, "gate_heads": 2} if cfg.model.name == "fusion"
                 else {"hidden": 32}), **model}
-    # float32: the two paths then agree to float tolerance (bfloat16: test_bfloat16_paths_agree_to_its_precision)
+    # float32: stacks then agree to float tolerance (bfloat16: test_bfloat16_stacks_agree_to_its_precision)
     return replace(cfg, model=replace(cfg.model, **model),
-                   train=replace(cfg.train, batch_size=32, num_threads=1, precision="float32"))
+                   train=replace(cfg.train, batch_size=32, workers=1, precision="float32"))
+
+
+def alone(ds, cfg, job):
+    """One job trained as a stack of one."""
+    return fit_folds(ds, cfg, ds.encoders, [job], CPU)[0]
 
 
 def jobs_of(ds, seeds=(3, 11, 5)):
@@ -44,6 +50,7 @@ def assert_same_states(a: dict, b: dict) -> None:
 
 CASES = {  # exp, model overrides, adapt overrides, train overrides
     "mlp_dropout": ("exp020", {"dropout": 0.3}, {}, {}),
+    "fusion_coral_on_projections": ("exp042", {"top_n": 3}, {"coral_on": "fused_and_projections"}, {}),
     "fusion_topn_coral_dropout": ("exp042", {"top_n": 3}, {}, {}),  # exp042 keeps dropout 0.3, adamw, cosine
     "fusion_random_encoder_dropout": ("exp043", {"top_n": 2, "encoder_dropout": 0.3}, {"coral_weight": 10.0}, {}),
     "fusion_fixed_adam": ("exp044", {"top_n": 3}, {},
@@ -53,18 +60,17 @@ CASES = {  # exp, model overrides, adapt overrides, train overrides
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_batched_equals_sequential(shared_dataset, case):
-    """Each model trained inside a batch of three ends with the weights, predictions, history and checkpoint
-    extras it gets alone from fit_fold."""
+def test_a_model_in_a_stack_ends_where_it_ends_alone(shared_dataset, case):
+    """Each model trained inside a stack of three ends with the weights, predictions, history and checkpoint
+    extras it gets alone (a stack of one)."""
     exp_id, model, adapt, train = CASES[case]
     cfg = small_cfg(exp_id, **model)
     cfg = replace(cfg, adapt=replace(cfg.adapt, **adapt), train=replace(cfg.train, **train))
-    assert supported(cfg)
     ds = data.load(shared_dataset)
     jobs = jobs_of(ds)
     batched = fit_folds(ds, cfg, ds.encoders, jobs, CPU)
-    for (tr, va, seed, draw_seed), (valid, test, state, extras) in zip(jobs, batched):
-        s_valid, s_test, s_state, s_extras = fit_fold(ds, cfg, ds.encoders, tr, va, seed, CPU, draw_seed=draw_seed)
+    for job, (valid, test, state, extras) in zip(jobs, batched):
+        s_valid, s_test, s_state, s_extras = alone(ds, cfg, job)
         assert_same_states(s_state, state)
         assert list(s_valid) == list(valid) and list(s_test) == list(test)
         for part in s_valid:
@@ -81,23 +87,23 @@ def test_batched_equals_sequential(shared_dataset, case):
 
 
 @bfloat16
-def test_bfloat16_paths_agree_to_its_precision(shared_dataset):
-    """train.precision bfloat16: batched and sequential models end within bfloat16 rounding of
-    each other (weights within 0.02 after 2 epochs at lr 1e-3, loss histories within 2e-3); predictions are
-    not compared, as a rounding can flip a clip's top-n choice. Far apart from the float32 models, so the
+def test_bfloat16_stacks_agree_to_its_precision(shared_dataset):
+    """train.precision bfloat16: a model in a stack and alone end within bfloat16 rounding of each other
+    (weights within 0.02 after 2 epochs at lr 1e-3, loss histories within 2e-3); predictions are not
+    compared, as a rounding can flip a clip's top-n choice. Far apart from the float32 models, so the
     precision is really applied."""
     cfg = small_cfg("exp048", top_n=2, reattend=True)
     bf16 = replace(cfg, train=replace(cfg.train, precision="bfloat16"))
     ds = data.load(shared_dataset)
     jobs = jobs_of(ds)
     batched = fit_folds(ds, bf16, ds.encoders, jobs, CPU)
-    for (tr, va, seed, draw_seed), (_, _, state, extras) in zip(jobs, batched):
-        _, _, s_state, s_extras = fit_fold(ds, bf16, ds.encoders, tr, va, seed, CPU, draw_seed=draw_seed)
+    for job, (_, _, state, extras) in zip(jobs, batched):
+        _, _, s_state, s_extras = alone(ds, bf16, job)
         for k in s_state:
             if k not in SHIFT_INVARIANT:
                 assert torch.allclose(s_state[k].float(), state[k].float(), atol=0.02), k
         assert np.allclose(s_extras["history"]["train_loss"], extras["history"]["train_loss"], atol=2e-3)
-        _, _, f_state, _ = fit_fold(ds, cfg, ds.encoders, tr, va, seed, CPU, draw_seed=draw_seed)
+        _, _, f_state, _ = alone(ds, cfg, job)
         assert any(not torch.allclose(f_state[k], state[k], atol=1e-4) for k in f_state)
 
 
@@ -115,32 +121,51 @@ def test_a_model_does_not_see_the_other_models(shared_dataset):
     assert not all(torch.allclose(first[1][2][k], second[1][2][k]) for k in first[1][2])  # the check can fail
 
 
-def test_unsupported_configurations_fall_back_to_fit_fold(shared_dataset):
-    """Early stopping (an inner split per model) is trained one model at a time, with its inner-split loss."""
+@pytest.mark.parametrize("train", [{"early_stopping": True, "epochs": 8, "patience": 1},
+                                   {"epoch_selection": "valid_fold_score", "epochs": 3}])
+def test_early_stopping_and_epoch_predictions_in_a_stack(shared_dataset, train):
+    """Early stopping (each model on its own inner split, stopping on its own epoch) and predictions after
+    every epoch run in the stack and give what each model gets alone."""
     cfg = small_cfg("exp042", top_n=3)
-    cfg = replace(cfg, train=replace(cfg.train, early_stopping=True))
-    assert not supported(cfg)
+    cfg = replace(cfg, train=replace(cfg.train, **train))
     ds = data.load(shared_dataset)
-    (_, _, _, extras), = fit_folds(ds, cfg, ds.encoders, jobs_of(ds)[:1], CPU)
-    assert "inner_loss" in extras["history"]
+    jobs = jobs_of(ds)
+    stacked = fit_folds(ds, cfg, ds.encoders, jobs, CPU)
+    for job, (valid, test, state, extras) in zip(jobs, stacked):
+        s_valid, _, s_state, s_extras = alone(ds, cfg, job)
+        assert_same_states(s_state, state)
+        assert s_extras["history"].keys() == extras["history"].keys()
+        assert np.allclose(s_extras["history"]["train_loss"], extras["history"]["train_loss"], atol=1e-4)
+        if cfg.train.early_stopping:
+            inner = extras["history"]["inner_loss"]
+            assert len(inner) == len(extras["history"]["train_loss"]) and np.allclose(
+                s_extras["history"]["inner_loss"], inner, atol=1e-4)
+            assert extras["history"]["best_epoch"] == 1 + int(np.argmin(inner))
+        else:
+            assert valid["epochs_salience"].shape == (len(job[1]), cfg.train.epochs, 6)
+            assert test["epochs_presence"].shape == (len(ds.test_rows), cfg.train.epochs, 6)
+            assert np.allclose(valid["epochs_salience"][:, -1], valid["salience"], atol=1e-6)
+            assert np.allclose(s_valid["epochs_salience"], valid["epochs_salience"], atol=1e-5)
+    if cfg.train.early_stopping:  # some model stopped before the last epoch (the check can fail)
+        assert min(len(e["history"]["train_loss"]) for *_, e in stacked) < cfg.train.epochs
 
 
 def test_worker_processes_train_the_same_models(shared_dataset):
-    """train.num_threads = 2: the jobs split over two single-threaded processes, same models as one process."""
+    """train.workers = 2: the jobs split over two single-threaded processes, same models as one process."""
     cfg = small_cfg("exp042", top_n=3)
     ds = data.load(shared_dataset)
     jobs = jobs_of(ds)[:2]
     one = fit_folds(ds, cfg, ds.encoders, jobs, CPU)
-    two = fit_folds(ds, replace(cfg, train=replace(cfg.train, num_threads=2)), ds.encoders, jobs, CPU)
+    two = fit_folds(ds, replace(cfg, train=replace(cfg.train, workers=2)), ds.encoders, jobs, CPU)
     for a, b in zip(one, two):
         assert_same_states(a[2], b[2])
 
 
-def test_batched_run_is_deterministic_and_resumes_whole_sub_runs(make_dataset):
-    """train.batched in the pipeline: the same config twice gives a byte-identical oof.csv, also after a
-    run that lost a fold file (the whole sub-run retrains in one batch; finished fold files stay)."""
+def test_run_is_deterministic_and_resumes_whole_sub_runs(make_dataset):
+    """The pipeline: the same config twice gives a byte-identical oof.csv, also after a run that lost a fold
+    file (the whole sub-run retrains in one stack; finished fold files stay)."""
     root = make_dataset()
-    args = ("--smoke", "--set", "train.batched=true")
+    args = ("--smoke",)
     run_exp("exp042", root, *args)
     out = output_dir("exp042", root, *args)
     first = (out / "oof.csv").read_bytes()

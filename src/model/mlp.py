@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.models.dropout import Dropout
+from src.model.dropout import Dropout
 
 
 class MLP(nn.Module):

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.config import resolve_top_n
-from src.models.dropout import Dropout
-from src.models.mlp import MLP
+from src.model import resolve_top_n
+from src.model.dropout import Dropout
+from src.model.mlp import MLP
 
 
 class FusionNet(nn.Module):
@@ -65,7 +65,7 @@ class FusionNet(nn.Module):
 
         generator: draws of the random control in training; draw: float [B, E], the random control's
         priorities given by the caller (one fixed draw per clip at prediction); dropout_generator: encoder dropout;
-        dropped: float [B, E], encoder dropout's uniforms given by the caller (src/batched.py: vmap takes no generator).
+        dropped: float [B, E], encoder dropout's uniforms given by the caller (src/train/trainer.py: vmap takes no generator).
         """
         available = torch.where(available.any(1, keepdim=True), available, torch.ones_like(available))
         if self.training and self.encoder_dropout > 0:
@@ -125,7 +125,7 @@ class GateAttention(nn.Module):
     nn.MultiheadAttention's parameters (same names, so checkpoints load either way) and initialisation (same
     draws in the same order), written out: its packed in-projection is split by select, whose backward
     zero-fills the whole [3, ...] tensor per slice, and its kernels have no vmap batching rule; here the rows
-    are flattened for the projections and q, k, v are views of one tensor (src/batched.py runs this under vmap).
+    are flattened for the projections and q, k, v are views of one tensor (src/train/trainer.py runs this under vmap).
     """
 
     def __init__(self, dim: int, heads: int):

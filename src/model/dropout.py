@@ -1,8 +1,7 @@
 """Dropout whose mask is drawn as uniforms: keep where u >= p, scaled by 1 / (1 - p), as F.dropout scales.
 
-Uniforms cost a third of bernoulli_'s draws on the CPU (2.4 vs 7 ns per element here), and src/batched.py
-draws the very same uniforms from each model's own stream, so a model trained in a batch gets the masks it
-gets alone.
+Uniforms are cheaper to draw than bernoulli_ on the CPU, and the trainer (src/train/trainer.py) hands each
+model the uniforms of its own stream (scaled_mask), so a model's masks do not depend on its stack.
 """
 from __future__ import annotations
 
