@@ -5,8 +5,9 @@ import torch
 
 from src import config, data
 from src.experiments import resolve
-from src.models.fusion import FusionNet
-from src.train import FoldInputs, fit_fold, init_model, prediction_draws, seed_everything, train_model
+from src.model.fusion import FusionNet
+from src.train import trainer
+from src.train.trainer import fit_folds, init_model, prediction_draws
 
 WIDTHS = [5, 8, 3, 6, 4]
 
@@ -82,15 +83,16 @@ def test_prediction_draw_is_one_per_clip_and_seed():
 
 
 def record_batches(monkeypatch):
+    """Each epoch's training rows of the stack's first model, in batch order."""
     seen = []
-    import src.train as train
-    real = train.batches
+    real = trainer.draw_plan
 
-    def spy(n, size, generator):
-        out = real(n, size, generator)
-        seen.append(torch.cat(out).clone())
-        return out
-    monkeypatch.setattr(train, "batches", spy)
+    def spy(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        sizes = plan["sizes"][0]
+        seen.append(torch.cat([plan["rows"][0, j, :n] for j, n in enumerate(sizes) if n]).clone())
+        return plan
+    monkeypatch.setattr(trainer, "draw_plan", spy)
     return seen
 
 
@@ -102,7 +104,7 @@ def test_arms_at_one_seed_share_batch_order_and_initial_weights(arm, shared_data
     for exp in ("exp040", arm):
         cfg = config.load(resolve(exp), ["train.epochs=2"])
         seen = record_batches(monkeypatch)
-        fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 5, torch.device("cpu"))
+        fit_folds(ds, cfg, ds.encoders, [(train_rows, valid_rows, 5, 5)], torch.device("cpu"))
         widths = [ds.features[e].shape[1] for e in ds.encoders]
         runs[exp] = (seen[-2:], init_model(cfg, widths, 5, "cpu").state_dict())  # the trained model's epochs
     (order_a, init_a), (order_b, init_b) = runs["exp040"], runs[arm]
@@ -113,7 +115,7 @@ def test_arms_at_one_seed_share_batch_order_and_initial_weights(arm, shared_data
 
 def test_missing_clips_are_left_out_of_projection_coral_and_cka():
     from src.cka import cka_matrix
-    from src.train import projection_coral
+    from src.train.trainer import projection_coral
     g = torch.Generator().manual_seed(0)
     src_p, tgt_p = torch.randn(20, 3, 4, generator=g), torch.randn(20, 3, 4, generator=g)
     ok_s, ok_t = torch.ones(20, 3, dtype=torch.bool), torch.ones(20, 3, dtype=torch.bool)

@@ -6,11 +6,11 @@ import torch
 
 from conftest import output_dir, run_exp
 from src import config, data
-from src.coral import coral_loss
+from src.model.coral import coral_loss
 from src.experiments import resolve
-from src.models.dropout import Dropout
-from src.models.fusion import FusionNet, GateAttention
-from src.train import fit_fold
+from src.model.dropout import Dropout
+from src.model.fusion import FusionNet, GateAttention
+from src.train.trainer import fit_folds
 
 WIDTHS = [5, 8, 3, 6, 4]
 
@@ -84,15 +84,15 @@ def test_target_labels_cannot_influence_training(shared_dataset):
     cfg = config.load(resolve("exp042"), smoke=True)
     ds = data.load(shared_dataset)
     train_rows, valid_rows = ds.split(0)
-    _, _, state_a, _ = fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
+    _, _, state_a, _ = fit_folds(ds, cfg, ds.encoders, [(train_rows, valid_rows, 0, 0)], torch.device("cpu"))[0]
     ds.labels = ds.labels.copy()
     ds.labels[valid_rows] = np.random.default_rng(0).permutation(ds.labels[valid_rows])
     assert not (ds.labels[valid_rows] == data.load(shared_dataset, ["wavlm"]).labels[valid_rows]).all()
-    _, _, state_b, _ = fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
+    _, _, state_b, _ = fit_folds(ds, cfg, ds.encoders, [(train_rows, valid_rows, 0, 0)], torch.device("cpu"))[0]
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     # and the training labels do matter (the check can fail)
     ds.labels[train_rows[:50]] = ds.labels[train_rows[50:100]]
-    _, _, state_c, _ = fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
+    _, _, state_c, _ = fit_folds(ds, cfg, ds.encoders, [(train_rows, valid_rows, 0, 0)], torch.device("cpu"))[0]
     assert not all(torch.equal(state_a[k], state_c[k]) for k in state_a)
 
 

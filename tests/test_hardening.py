@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from rich.console import Console
 
 from conftest import ROOT, output_dir, run_cli, run_script, submissions_dir
@@ -22,7 +23,7 @@ from src.io import WriteError, atomic_write
 from src.labels import CONFIGS
 from src.metric import score
 from src.score import read_submission, score_maps
-from src.train import fit_standardizer, standardize
+from src.train.inputs import StackedInputs, fit_standardizer
 from test_metric import official_score
 
 
@@ -232,8 +233,9 @@ def test_integer_X_bytes_filenames_and_constant_features_are_accepted(make_datas
     X = ds.features["wavlm"].copy()
     X[:, 0] = 7.0
     present = ds.present["wavlm"]
-    z = standardize(X, present, *fit_standardizer(X, np.arange(ds.n_train), present))
-    assert np.isfinite(z).all() and not z[:, 0].any()
+    stats = [[fit_standardizer(X, np.arange(ds.n_train), present)]]
+    (z,), _ = StackedInputs([X], [present], stats, False, "cpu").gather_one(0, torch.arange(len(X)))
+    assert torch.isfinite(z).all() and not z[:, 0].any()
 
 
 # ---- output folders: checked before training; a late failure says how to finish -------------------------

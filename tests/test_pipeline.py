@@ -16,7 +16,8 @@ from src.experiments import resolve
 from src.labels import EMOTIONS
 from src.leaderboard import collect
 from src.pipeline import choose_per_fold
-from src.train import fit_fold, inner_split
+from src.train.inputs import inner_split
+from src.train.trainer import fit_folds
 
 FUSION_EXPERIMENTS = ["exp030", "exp040", "exp041", "exp042", "exp043", "exp044", "exp045", "exp046", "exp047"]
 
@@ -210,7 +211,7 @@ def test_early_stopping_never_reads_the_scored_rows(shared_dataset):
                                           "train.seeds=1", "train.workers=1"])
     ds = data.load(shared_dataset)
     train_rows, valid_rows = ds.split(0)
-    fit = lambda: fit_fold(ds, cfg, ds.encoders, train_rows, valid_rows, 0, torch.device("cpu"))
+    fit = lambda: fit_folds(ds, cfg, ds.encoders, [(train_rows, valid_rows, 0, 0)], torch.device("cpu"))[0]
     valid_a, test_a, _, extras = fit()
     assert len(extras["history"]["inner_loss"]) == len(extras["history"]["train_loss"]) >= 1
     fit_rows, stop_rows = inner_split(ds, train_rows)

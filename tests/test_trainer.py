@@ -41,9 +41,9 @@ def jobs_of(ds, seeds=(3, 11, 5)):
 SHIFT_INVARIANT = ("scorer.1.bias", "scorer.0.bias", "attention.in_proj_bias")
 
 
-def assert_same_states(a: dict, b: dict) -> None:
+def assert_same_states(a: dict, b: dict, skip=()) -> None:
     assert list(a) == list(b)
-    for k in a:
+    for k in (k for k in a if k not in skip):
         atol = 1e-3 if k in SHIFT_INVARIANT else 2e-5
         assert torch.allclose(a[k].float(), b[k].float(), atol=atol), (k, (a[k].float() - b[k].float()).abs().max())
 
@@ -121,7 +121,7 @@ def test_a_model_does_not_see_the_other_models(shared_dataset):
     assert not all(torch.allclose(first[1][2][k], second[1][2][k]) for k in first[1][2])  # the check can fail
 
 
-@pytest.mark.parametrize("train", [{"early_stopping": True, "epochs": 8, "patience": 1},
+@pytest.mark.parametrize("train", [{"early_stopping": True, "epochs": 8, "patience": 1, "lr": 0.02, "schedule": "constant"},
                                    {"epoch_selection": "valid_fold_score", "epochs": 3}])
 def test_early_stopping_and_epoch_predictions_in_a_stack(shared_dataset, train):
     """Early stopping (each model on its own inner split, stopping on its own epoch) and predictions after
@@ -133,7 +133,10 @@ def test_early_stopping_and_epoch_predictions_in_a_stack(shared_dataset, train):
     stacked = fit_folds(ds, cfg, ds.encoders, jobs, CPU)
     for job, (valid, test, state, extras) in zip(jobs, stacked):
         s_valid, _, s_state, s_extras = alone(ds, cfg, job)
-        assert_same_states(s_state, state)
+        # 8 epochs at 20x the default lr: the shift-invariant biases' noise grows past assert_same_states'
+        # bound; they change no output, which is compared instead
+        assert_same_states(s_state, state, skip=SHIFT_INVARIANT)
+        assert np.allclose(s_valid["salience"], valid["salience"], atol=1e-4)
         assert s_extras["history"].keys() == extras["history"].keys()
         assert np.allclose(s_extras["history"]["train_loss"], extras["history"]["train_loss"], atol=1e-4)
         if cfg.train.early_stopping:
