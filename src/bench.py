@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.decode import decode_thresholds, fit_thresholds, threshold_grid
+from src.decode import fit_thresholds, threshold_grid
 from src.errors import cli
 from src.experiments import ROOT, output_dir, resolve, variant_name
 
@@ -99,9 +99,9 @@ def bench_experiment(exp_id: str, *args: str) -> dict:
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     out = output_dir(resolve(exp_id), input_name, variant_name(False, sets))
     metrics = json.loads((out / "metrics.json").read_text())
-    from src.pipeline import seed_spread
+    from src.results import seed_spread
     return {"experiment": exp_id, "input": input_name, "wall_s": round(wall, 1),
-            "oof_score": metrics["oof"]["score"], "test_score": metrics.get("test", {}).get("score")} \
+            "oof_score": metrics["oof"]["score"], "test_score": (metrics["test"] or {}).get("score")} \
         | {k: v for k, v in seed_spread(metrics["seeds"]).items() if k in ("oof_score_mean", "oof_score_std",
                                                                             "test_score_mean", "test_score_std")}
 

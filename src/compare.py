@@ -3,21 +3,21 @@
     python -m src.compare exp040 exp043 [--input DIR] [--boot 2000]
 An arm is an experiment id, optionally with a variant (exp040@smoke), or a sub-run of it as ID:NAME
 (exp041:3 is n = 3 of the top-n sweep).
-Each seed of each arm is re-decoded from its fold files exactly as the pipeline does (thresholds refitted per
-fold on the other folds), so the per-seed difference B - A pairs models that shared batch order and initial
-weights. Test figures are scored only here, from predictions already written, and both test schemes are shown.
+Each seed of each arm is decoded from its fold files by the pipeline's own rules (src/results.py), so the
+per-seed difference B - A pairs models that shared batch order and initial weights. Test figures are scored only here, from predictions already written, and both test schemes are shown.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from src import config as config_mod
 from src import data as data_mod
-from src import decode
+from src import results
 from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, output_dir, resolve_run
 from src.labels import IS_BLEND
@@ -31,10 +31,8 @@ SCHEMES = ("vote", "mean")
 class Arm:
     name: str
     seed: int
-    oof: list[dict]    # per seed: parts float [N_train, ...]
-    test: list[dict]   # per seed: parts float [K folds, N_test, ...]
-    grid: int
-    head_weights: list
+    preds: results.Predictions
+    decoder: object    # the arm's decoder config
 
 
 @dataclass
@@ -62,40 +60,36 @@ def load_truth(input_dir: Path) -> Truth:
 
 def load_arm(name: str, input_dir: Path, truth: Truth) -> Arm:
     """Every seed's OOF and per-fold test parts of one arm, from its run's fold files."""
-    from src.pipeline import read_seed
     run, _, sub = name.partition(":")
     exp_dir, variant = resolve_run(run)
     out = output_dir(exp_dir, Path(input_dir).name, variant)
     config_path = out / "config.resolved.yaml"
     if not config_path.is_file():
         raise UserError(f"{run}: no outputs for dataset '{Path(input_dir).name}' (no {config_path})")
-    cfg = yaml.safe_load(config_path.read_text())
-    folds_dir = out / "runs" / cfg["run"]["fingerprint"] / "folds" / sub
+    resolved = yaml.safe_load(config_path.read_text())
+    cfg = config_mod.from_resolved(resolved)
+    folds_dir = out / "runs" / resolved["run"]["fingerprint"] / "folds" / sub
     fold_rows = {int(k): np.flatnonzero(truth.folds == k) for k in np.unique(truth.folds)}
-    seeds = range(cfg["train"]["seeds"])
-    missing = [p for s in seeds for k in fold_rows if not (p := folds_dir / f"fold{k}_seed{s}.npz").is_file()]
+    seeds = cfg.train.seeds
+    missing = [p for s in range(seeds) for k in fold_rows if not (p := folds_dir / f"fold{k}_seed{s}.npz").is_file()]
     if missing:
         raise UserError(f"{name}: missing {missing[0]} (unfinished run, or not a sub-run name)")
-    oof, test = [], []
-    for s in seeds:
-        o, t, _ = read_seed(folds_dir, s, fold_rows, len(truth.labels))
-        oof.append(o)
-        test.append(t)
-    dc = cfg["decoder"]
-    if dc["name"] != "threshold":
-        raise UserError(f"{name}: decoder '{dc['name']}' is not compared here (threshold decoders only)")
-    return Arm(name, int(cfg["seed"]), oof, test, dc["grid"], dc["head_weights"])
+    if cfg.decoder.name != "threshold":
+        raise UserError(f"{name}: decoder '{cfg.decoder.name}' is not compared here (threshold decoders only)")
+    return Arm(name, cfg.seed, results.Predictions.read(folds_dir, seeds, fold_rows, len(truth.labels)), cfg.decoder)
 
 
 def evaluate(arm: Arm, oof: dict, test: dict, truth: Truth) -> dict:
     """Honest OOF predictions and scores; test scores under each scheme, and the predicted blend rates."""
-    pred, per_fold, params = decode.cross_fit(oof, truth.labels, truth.folds, arm.grid, arm.head_weights)
-    res = {"oof_pred": pred, "oof": score(pred, truth.labels)["score"], "oof_blend_rate": float(IS_BLEND[pred].mean())}
+    res = {}
     for scheme in SCHEMES:
-        test_pred = decode.decode_test(test, params, per_fold, scheme)
-        res[f"test_blend_rate_{scheme}"] = float(IS_BLEND[test_pred].mean())
+        dec = results.decode_parts(oof, test, truth.labels, truth.folds, replace(arm.decoder, test_scheme=scheme))
+        res.setdefault("oof_pred", dec.oof_pred)
+        res.setdefault("oof", score(dec.oof_pred, truth.labels)["score"])
+        res.setdefault("oof_blend_rate", float(IS_BLEND[dec.oof_pred].mean()))
+        res[f"test_blend_rate_{scheme}"] = float(IS_BLEND[dec.test_pred].mean())
         if truth.test is not None:
-            res[f"test_{scheme}"] = score(test_pred, truth.test)["score"]
+            res[f"test_{scheme}"] = score(dec.test_pred, truth.test)["score"]
     return res
 
 
@@ -118,16 +112,14 @@ def compare(name_a: str, name_b: str, input_dir: Path, n_boot: int = 2000) -> di
     """Per-seed paired differences (B - A, mean and std over seeds) and the actor bootstrap of the seed-mean OOF."""
     truth = load_truth(input_dir)
     a, b = load_arm(name_a, input_dir, truth), load_arm(name_b, input_dir, truth)
-    if (a.seed, len(a.oof)) != (b.seed, len(b.oof)):
-        raise UserError(f"{name_a} (seed {a.seed}, {len(a.oof)} seeds) and {name_b} (seed {b.seed}, {len(b.oof)} "
-                        "seeds) are not paired: they need the same seed and number of seeds")
+    if (a.seed, len(a.preds.oof)) != (b.seed, len(b.preds.oof)):
+        raise UserError(f"{name_a} (seed {a.seed}, {len(a.preds.oof)} seeds) and {name_b} (seed {b.seed}, "
+                        f"{len(b.preds.oof)} seeds) are not paired: they need the same seed and number of seeds")
     per_seed = [(evaluate(a, oa, ta, truth), evaluate(b, ob, tb, truth))
-                for oa, ta, ob, tb in zip(a.oof, a.test, b.oof, b.test)]
+                for oa, ta, ob, tb in zip(a.preds.oof, a.preds.test, b.preds.oof, b.preds.test)]
     keys = [k for k in per_seed[0][0] if k != "oof_pred"]
     paired = {k: np.array([rb[k] - ra[k] for ra, rb in per_seed]) for k in keys}
-    mean_of = lambda arm: ({p: np.mean([s[p] for s in arm.oof], 0) for p in arm.oof[0]},
-                           {p: np.mean([s[p] for s in arm.test], 0) for p in arm.test[0]})
-    seed_mean = {arm.name: evaluate(arm, *mean_of(arm), truth) for arm in (a, b)}
+    seed_mean = {arm.name: evaluate(arm, *arm.preds.mean(), truth) for arm in (a, b)}
     return {
         "a": name_a, "b": name_b, "n_seeds": len(per_seed),
         "per_seed": {k: {"a": [ra[k] for ra, _ in per_seed], "b": [rb[k] for _, rb in per_seed],

@@ -11,7 +11,6 @@ predictions made by those pieces. Test predictions use pieces fitted on all OOF 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -30,11 +29,11 @@ from rich.console import Console
 from rich.table import Table
 
 from src import data as data_mod
-from src import decode, submission
+from src import decode, results, submission
 from src.config import Decoder
 from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve_run, submissions_root
-from src.io import write_csv, write_json, write_text
+from src.io import write_csv, write_text
 from src.labels import EMOTIONS, IS_BLEND, N_CONFIGS, SALIENCE
 from src.metric import score, trim
 from src.runlog import Log
@@ -120,12 +119,14 @@ def load_member(spec: str, ds, input_arg=None) -> dict:
     cols = [c for c in oof.columns if c.startswith(STACK_PREFIXES)]
     if missing := [c for c in cols if c not in test.columns]:
         raise UserError(f"member {spec}: {folder / 'test.csv'} lacks column(s) {', '.join(missing)} that oof.csv has")
-    metrics = folder.parent.parent / "metrics.json" if folder.parent.name.startswith("per_") else folder / "metrics.json"
-    try:
-        smoke = bool(json.loads(metrics.read_text()).get("smoke")) if metrics.is_file() else False
-    except (ValueError, AttributeError):
-        raise UserError(f"member {spec}: {metrics} is not a metrics JSON object; rerun the member") from None
-    return {"name": spec, "folder": folder, "oof": oof, "test": test, "columns": cols, "smoke": smoke}
+    sub = folder.name if folder.parent.name.startswith("per_") else None
+    record = results.RunRecord.read(folder.parent.parent if sub else folder)
+    # the member's own honest OOF scores (a sub-run's from its run's record) and its submitted test labels,
+    # scored by main() after the ensemble's own predictions are written
+    decoded = results.read_decoded(folder, "test").set_index("filename").loc[np.asarray(ds.test_files, dtype=str)]
+    return {"name": spec, "folder": folder, "oof": oof, "test": test, "columns": cols, "smoke": record.smoke,
+            "figures": {"oof": record.sub_runs[sub]["oof"] if sub else record.oof},
+            "test_pred": decoded["config"].to_numpy()}
 
 
 def load_members(specs, ds, input_arg=None) -> list[dict]:
@@ -345,14 +346,6 @@ def build(members: list[dict], ds, method: str) -> dict:
     return res
 
 
-def member_figures(member: dict, ds) -> dict:
-    """A member's prob columns through the same honest threshold decoder: OOF pred and test pred."""
-    parts = {"prob": member["oof"][PROB].to_numpy(np.float64)}
-    pred, _, params = decode.cross_fit(parts, ds.labels, ds.folds, GRID, ())
-    test_pred = decode.apply_decoder({"prob": member["test"][PROB].to_numpy(np.float64)}, params)
-    return {"oof": trim(score(pred, ds.labels)), "_test_pred": test_pred}
-
-
 def default_name(specs, method: str) -> str:
     return "ens_" + "+".join(s.rstrip("/").replace("/", "-") for s in specs) + f"_{method}"
 
@@ -409,7 +402,7 @@ def main(argv=None) -> Path:
         log("note: smoke-run members: " + ", ".join(m["name"] for m in members if m["smoke"]))
     res = build(members, ds, args.method)
     res["method"] = args.method
-    figures = [member_figures(m, ds) for m in members]
+    figures = [m["figures"] for m in members]
 
     out = output_dir(ENSEMBLES / name, ds.name)
     # the submission first: it validates before writing anything
@@ -417,18 +410,19 @@ def main(argv=None) -> Path:
                              ds.template_keys)
     write_csv(out / "oof.csv", data_mod.prediction_frame(ds.train_files, res["oof_prob"], folds=ds.folds))
     write_csv(out / "test.csv", data_mod.prediction_frame(ds.test_files, res["test_prob"]))
+    results.write_decoded(out, ds.train_files, ds.folds, res["oof_pred"], ds.test_files, res["test_pred"])
     # only now, after test.csv and the submission are written
-    tested = score_test(ds.root, ds.test_files, [res["test_pred"]] + [f["_test_pred"] for f in figures])
+    tested = score_test(ds.root, ds.test_files, [res["test_pred"]] + [m["test_pred"] for m in members])
     if tested is not None:
         res["test"] = tested[0]
         for f, t in zip(figures, tested[1:]):
             f["test"] = t
-    metrics = {"oof": res["oof"], "folds": res["folds"], "decoder": res["decoder"], **({"test": res["test"]} if "test" in res else {}),
-               "members": [{"name": m["name"], "path": display_path(m["folder"]), "smoke": m["smoke"],
-                            **{k: f[k] for k in ("oof", "test") if k in f}} for m, f in zip(members, figures)],
-               "weights": res["weights"], "method": args.method, "runtime_s": round(time.time() - started, 1),
-               "smoke": any(m["smoke"] for m in members)}
-    write_json(out / "metrics.json", metrics)
+    results.RunRecord(
+        kind="ensemble", oof=res["oof"], folds=res["folds"], decoder=res["decoder"], test=res.get("test"),
+        members=[{"name": m["name"], "path": display_path(m["folder"]), "smoke": m["smoke"], **f}
+                 for m, f in zip(members, figures)],
+        weights=res["weights"], method=args.method, runtime_s=round(time.time() - started, 1),
+        smoke=any(m["smoke"] for m in members)).write(out)
     resolved = {"ensemble": name, "method": args.method, "input_dir": str(ds.root.resolve()), "dataset": ds.name,
                 "members": [{"name": m["name"], "path": display_path(m["folder"])} for m in members], "seed": SEED,
                 "decoder_grid": GRID, **({"stacker": {**STACKER, "max_rounds": MAX_ROUNDS, "early_stopping": EARLY_STOP}}
@@ -455,7 +449,7 @@ def run_benchmark(members=BENCH_MEMBERS, input_dir: Path = DEFAULT_INPUT) -> dic
             "n_test": len(ds.test_files), "n_features": res["n_features"], "seconds": round(seconds, 2),
             "oof_score": res["oof"]["score"], "rounds": [d["rounds"] for d in res["decoder"]["per_fold"]],
             "decoder": res["decoder"]["name"],
-            "best_member_oof_score": max(member_figures(m, ds)["oof"]["score"] for m in loaded)}
+            "best_member_oof_score": max(m["figures"]["oof"]["score"] for m in loaded)}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Each variant (exp042@name) is its own row; smoke runs (and ensembles of them) on
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from src import results
 from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, output_root
 
@@ -50,22 +50,23 @@ def metrics_files(dataset: str) -> list[tuple[str, str, Path]]:
     return sorted(found)
 
 
-def row(name: str, kind: str, m: dict) -> dict:
-    """One leaderboard row from a metrics.json; figures an output lacks are NaN."""
+def row(name: str, kind: str, m: results.RunRecord) -> dict:
+    """One leaderboard row from a run's record; figures an output lacks are NaN."""
     out = {"name": name, "kind": kind}
     for part in ("oof", "test"):
         for key in FIGURES:
-            out[f"{part}_{key}"] = m.get(part, {}).get(key, math.nan)
-        seeds = [s[part] for s in m.get("seeds", []) if part in s]
+            out[f"{part}_{key}"] = (getattr(m, part) or {}).get(key, math.nan)
+        seeds = [s[part] for s in m.seeds if s.get(part)]
         for key in FIGURES:
             out[f"{part}_{key}_seed_mean"], out[f"{part}_{key}_seed_std"] = spread([s[key] for s in seeds])
         out[f"{part}_n_seeds"] = len(seeds)
-    folds = [f["score"] for f in m.get("folds", [])]
+    folds = [f["score"] for f in m.folds]
     out["oof_score_fold_mean"], out["oof_score_fold_std"] = spread(folds)
     out["n_folds"] = len(folds)
-    out["runtime_s"] = m.get("runtime_s", math.nan)  # summed over invocations
-    out["resumes"] = int(m.get("resumes", 0))
-    out["smoke"] = bool(m.get("smoke", False))
+    out["runtime_s"] = m.runtime_s  # summed over invocations
+    out["resumes"] = m.resumes
+    out["smoke"] = m.smoke
+    out["precision"] = m.precision or "–"  # results of two machines are told apart
     return out
 
 
@@ -81,9 +82,9 @@ def collect(input_dir: Path, smoke: bool = False) -> pd.DataFrame:
     rows = []
     for name, kind, path in metrics_files(dataset):
         try:
-            rows.append(row(name, kind, json.loads(path.read_text())))
-        except (ValueError, AttributeError, KeyError, TypeError) as err:
-            raise UserError(f"{path}: unreadable metrics ({type(err).__name__}: {err})") from None
+            rows.append(row(name, kind, results.RunRecord.read(path.parent)))
+        except UserError as err:  # one old or broken output must not hide the others
+            print(f"warning: left out {name}: {err}", file=sys.stderr)
     n_smoke = sum(r["smoke"] for r in rows)
     rows = [r for r in rows if smoke or not r["smoke"]]
     if not rows:
@@ -115,13 +116,13 @@ def per_seed_rows(df: pd.DataFrame, with_test: bool) -> tuple[list[str], list[li
     """Every figure as mean ± std over seeds (each seed decoded on its own), and the run time."""
     parts = ("oof", "test") if with_test else ("oof",)
     header = ["#", "experiment"] + [f"{p.upper() if p == 'oof' else p} {k.replace('acc_', 'ACC_')}"
-                                    for p in parts for k in FIGURES] + ["seeds", "run time", "smoke"]
+                                    for p in parts for k in FIGURES] + ["seeds", "precision", "run time", "smoke"]
     rows = []
     for i, r in enumerate(df.itertuples(index=False), start=1):
         r = r._asdict()
         cells = [str(i), r["name"]] + [f"{fmt(r[f'{p}_{k}_seed_mean'], 3)} ± {fmt(r[f'{p}_{k}_seed_std'], 3)}"
                                        if r[f"{p}_n_seeds"] else "–" for p in parts for k in FIGURES]
-        rows.append(cells + [str(r["oof_n_seeds"]), fmt_runtime(r["runtime_s"], r["resumes"]), "smoke" if r["smoke"] else ""])
+        rows.append(cells + [str(r["oof_n_seeds"]), r["precision"], fmt_runtime(r["runtime_s"], r["resumes"]), "smoke" if r["smoke"] else ""])
     return header, rows
 
 
@@ -134,7 +135,7 @@ def display_rows(df: pd.DataFrame, per_seed: bool = False) -> tuple[list[str], l
               "OOF score over seeds", "OOF score over folds"]
     if with_test:
         header += ["test ACC_presence", "test ACC_salience", "test score", "test score over seeds"]
-    header += ["run time", "smoke"]
+    header += ["precision", "run time", "smoke"]
     rows = []
     for i, r in enumerate(df.itertuples(index=False), start=1):
         cells = [str(i), r.name, fmt(r.oof_acc_presence), fmt(r.oof_acc_salience), fmt(r.oof_score),
@@ -143,13 +144,13 @@ def display_rows(df: pd.DataFrame, per_seed: bool = False) -> tuple[list[str], l
         if with_test:
             cells += [fmt(r.test_acc_presence), fmt(r.test_acc_salience), fmt(r.test_score),
                       fmt_spread(r.test_score_seed_mean, r.test_score_seed_std, r.test_n_seeds)]
-        cells += [fmt_runtime(r.runtime_s, r.resumes), "smoke" if r.smoke else ""]
+        cells += [r.precision, fmt_runtime(r.runtime_s, r.resumes), "smoke" if r.smoke else ""]
         rows.append(cells)
     return header, rows
 
 
-NOTE = ("OOF: out-of-fold, decoder thresholds (and, for exp000/exp010/exp041, the sub-run) chosen per fold on the "
-        "other folds. Run time: summed over invocations. Score columns without ± are "
+NOTE = ("OOF: out-of-fold, decoder thresholds (and, for experiments with sub-runs, the sub-run) chosen per fold on "
+        "the other folds. Precision: what training ran at. Run time: summed over invocations. Score columns without ± are "
         "the seed-averaged predictions; ± columns are mean ± std (count) over seeds, each decoded on its own, "
         "or over folds.")
 

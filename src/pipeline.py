@@ -33,7 +33,7 @@ from rich.table import Table
 from src import checks
 from src import config as config_mod
 from src import data as data_mod
-from src import decode, fingerprint, submission, synth
+from src import decode, fingerprint, results, submission, synth
 from src import device as device_mod
 from src.device import configure_torch, pick_device
 from src.errors import UserError, cli
@@ -181,29 +181,10 @@ def fold_path(plan: Plan, sub: SubRun, k: int, s: int, kind: str = "folds") -> P
     return plan.run_dir / kind / sub.name / name
 
 
-def write_fold(path: Path, valid: dict, test: dict, meta: dict, projections=None) -> None:
-    """One fold x seed: valid and test parts, plus a JSON record (history, fixed encoders, seconds)."""
-    arrays = {f"valid.{k}": v for k, v in valid.items()} | {f"test.{k}": v for k, v in test.items()}
-    if projections is not None:
-        arrays["projections"] = projections
-    write_npz(path, meta=np.array(json.dumps(meta)), **arrays)
-
-
-def read_fold(path: Path) -> tuple[dict, dict, dict]:
-    """(valid parts, test parts, meta) of one fold file written by write_fold."""
-    with np.load(path) as z:
-        parts = {"valid": {}, "test": {}}
-        for key in z.files:
-            kind, _, part = key.partition(".")
-            if kind in parts:
-                parts[kind][part] = z[key]
-        return parts["valid"], parts["test"], json.loads(str(z["meta"]))
-
-
 def fold_signal(plan: Plan, path: Path, k: int) -> float:
     """A finished fold model's pruning signal (tune): its validation rows decoded with nothing fitted (the
     nearest legal label to the probabilities, head weight 0.5) and scored on those rows only."""
-    valid, _, _ = read_fold(path)
+    valid, _, _ = results.read_fold(path)
     prob = decode.probabilities(valid, 0.5 if "presence" in valid else None)
     return score(decode.nearest(prob), plan.ds.labels[plan.ds.split(k)[1]])["score"]
 
@@ -272,7 +253,7 @@ def save_fold(plan: Plan, sub: SubRun, s: int, k: int, result: tuple, seconds: f
             if key in extras} | ({"state_dict": state} if state is not None else {})
     atomic_write(fold_path(plan, sub, k, s, "models"), lambda p: torch.save(ckpt, p))
     meta = {"seconds": round(seconds, 1), "history": extras.get("history"), "fixed_encoders": extras.get("fixed_encoders")}
-    write_fold(fold_path(plan, sub, k, s), valid, test, meta, extras.get("projections") if s == 0 else None)
+    results.write_fold(fold_path(plan, sub, k, s), valid, test, meta, extras.get("projections") if s == 0 else None)
     for e, loss in enumerate((extras.get("history") or {}).get("train_loss", []), start=1):
         inner = extras["history"].get("inner_loss", [])
         log(f"{label} epoch {e}: train loss {loss:.4f}"
@@ -281,51 +262,11 @@ def save_fold(plan: Plan, sub: SubRun, s: int, k: int, result: tuple, seconds: f
     log(f"{label}: trained in the batch ({meta['seconds']:.1f}s per model){note}")
 
 
-# ---- stage 2: fold files -> OOF and test parts ------------------------------------------------------------
-def mean_parts(parts: list[dict]) -> dict:
-    """Element-wise mean of dicts of arrays (over folds for test parts, over seeds, over late-fusion members)."""
-    return {p: np.mean([d[p] for d in parts], 0) for p in parts[0]}
-
-
-def stack_parts(parts: list[dict]) -> dict:
-    """Dicts of arrays -> one dict of arrays stacked on a new first axis (test parts: one slice per fold)."""
-    return {p: np.stack([d[p] for d in parts]) for p in parts[0]}
-
-
-def read_seed(folder: Path, s: int, fold_rows: dict, n_train: int) -> tuple[dict, dict, dict]:
-    """One seed's fold files of a sub-run folder -> (OOF parts [n_train, ...], test parts per fold model
-    [K, N_test, ...], loss histories). fold_rows: fold k -> its validation rows."""
-    oof, tests, history = {}, [], {}
-    for k, rows in fold_rows.items():
-        valid, test, meta = read_fold(folder / f"fold{k}_seed{s}.npz")
-        for part, v in valid.items():
-            oof.setdefault(part, np.zeros((n_train,) + v.shape[1:], np.float32))[rows] = v
-        tests.append(test)
-        if meta.get("history"):
-            history[f"fold{k}_seed{s}"] = meta["history"]
-    return oof, stack_parts(tests), history
-
-
-def gather(plan: Plan, sub: SubRun) -> tuple[list[tuple[dict, dict]], dict]:
-    """Per seed (OOF parts [N_train, ...], test parts per fold model [K, N_test, ...]) of one sub-run, and its
-    loss histories."""
-    ds, per_seed, history = plan.ds, [], {}
-    fold_rows = {k: ds.split(k)[1] for k in ds.fold_ids}
-    for s in range(n_seeds(plan.cfg, sub)):
-        oof, test, seen = read_seed(plan.run_dir / "folds" / sub.name, s, fold_rows, ds.n_train)
-        per_seed.append((oof, test))
-        history |= seen
-    return per_seed, history
-
-
-def late_mean(per_sub: list[list[tuple[dict, dict]]]) -> list[tuple[dict, dict]]:
-    """Late fusion: per seed, the mean of the members' probabilities (OOF and test)."""
-    return [tuple({"prob": np.mean([member[s][i]["prob"] for member in per_sub], 0)} for i in (0, 1))
-            for s in range(len(per_sub[0]))]
-
-
-def seed_mean(per_seed: list[tuple[dict, dict]]) -> tuple[dict, dict]:
-    return mean_parts([o for o, _ in per_seed]), mean_parts([t for _, t in per_seed])
+# ---- stage 2: fold files -> predictions per sub-run ----------------------------------------------------
+def gather(plan: Plan, sub: SubRun) -> results.Predictions:
+    ds = plan.ds
+    return results.Predictions.read(plan.run_dir / "folds" / sub.name, n_seeds(plan.cfg, sub),
+                                    {k: ds.split(k)[1] for k in ds.fold_ids}, ds.n_train)
 
 
 def write_projections(plan: Plan, sub: SubRun) -> None:
@@ -346,117 +287,13 @@ def write_projections(plan: Plan, sub: SubRun) -> None:
               filenames=plan.ds.train_files.astype(str))
 
 
-# ---- stage 3: decode -----------------------------------------------------------------------------------
-def decode_parts(oof: dict, test_folds: dict, ds, dc) -> dict:
-    """Honest OOF predictions (thresholds refitted per fold on the other folds, unless decoder.fit says the
-    organisers' in-sample protocol), test predictions, decoder record, and the parts they were decoded from
-    (with train.epoch_selection, each fold's chosen epoch; test: the mean over fold models).
-
-    test_folds: test parts per fold model [K, N_test, ...]. decoder.test_scheme vote decodes each fold model's
-    test output with the thresholds fitted without that fold, as its OOF rows were, then votes.
-    """
-    test = {p: v.mean(0) for p, v in test_folds.items()}
-    if dc.name == "nearest":
-        oof_pred = decode.nearest(oof["prob"])
-        return {"oof_pred": oof_pred, "test_pred": decode.nearest(test["prob"]), "insample": oof_pred,
-                "decoder": {"name": "nearest"}, "oof_prob": oof["prob"], "test_prob": test["prob"],
-                "oof": oof, "test": test}
-    oof, test, oof_pred, per_fold, params, extra = decode.fit_oof(oof, test, ds.labels, ds.folds, dc)
-    # the organisers' protocols (extra) pick parameters per fold on other terms: their test gets the all-OOF fit
-    scheme = "mean" if extra else dc.test_scheme
-    params = {"name": "threshold", **params, "per_fold": per_fold, "test_scheme": scheme}
-    test_pred = decode.decode_test(test_folds, params, per_fold, scheme)
-    w = params["head_weight"]
-    return {"oof_pred": oof_pred, "test_pred": test_pred,
-            "insample": decode.apply_decoder(oof, params), "decoder": params,
-            "oof_prob": decode.probabilities(oof, w), "test_prob": decode.probabilities(test, w),
-            "oof": oof, "test": test} | extra  # extra: {"protocols": ...} when both protocols were scored
-
-
-def evaluate(per_seed, ds, dc) -> dict:
-    """Seed-averaged parts decoded, plus each seed decoded on its own (for the spread over seeds)."""
-    res = decode_parts(*seed_mean(per_seed), ds, dc)
-    res["seed_preds"] = [(d["oof_pred"], d["test_pred"]) for d in (decode_parts(o, t, ds, dc) for o, t in per_seed)]
-    return res
-
-
-def choose_per_fold(oof_preds: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray) -> dict[int, str]:
-    """Per outer fold k, the sub-run with the best OOF score on the OTHER folds' rows (ties: the first listed).
-
-    oof_preds: sub-run -> honest OOF predictions int [N]. Fold k's rows and labels are never read for fold k.
-    """
-    choice = {}
-    for k in np.unique(folds):
-        other = folds != k
-        scores = {name: score(pred[other], labels[other])["score"] for name, pred in oof_preds.items()}
-        choice[int(k)] = max(scores, key=scores.get)
-    return choice
-
-
-def compose(evaluated: dict[str, dict], choice: dict[int, str], best: str, ds) -> dict:
-    """OOF rows of fold k from the sub-run chosen for k; test predictions from `best` (chosen on all OOF)."""
-    folds = ds.folds
-    rows = {k: folds == k for k in choice}
-    pick = lambda get: _by_fold(rows, {k: get(evaluated[name]) for k, name in choice.items()})
-    res = {key: evaluated[best][key] for key in ("test", "test_pred", "test_prob")}
-    res["oof"] = {p: pick(lambda r, p=p: r["oof"][p]) for p in evaluated[best]["oof"]}
-    for key in ("oof_pred", "insample", "oof_prob"):
-        res[key] = pick(lambda r, key=key: r[key])
-    res["seed_preds"] = [(pick(lambda r, i=i: r["seed_preds"][i][0]), t) for i, (_, t) in
-                         enumerate(evaluated[best]["seed_preds"])]
-    dec = {k: v for k, v in evaluated[best]["decoder"].items() if k != "per_fold"}
-    if "per_fold" in evaluated[best]["decoder"]:  # what the test rows were decoded with (test_scheme: vote)
-        dec["test_per_fold"] = evaluated[best]["decoder"]["per_fold"]
-    per_fold = []
-    for k, name in choice.items():
-        entry = next((f for f in evaluated[name]["decoder"].get("per_fold", []) if f["fold"] == k),
-                     {"fold": k, "name": evaluated[name]["decoder"]["name"]})
-        per_fold.append({**entry, "sub_run": name})
-    res["decoder"] = {**dec, "per_fold": per_fold}
-    return res
-
-
-def _by_fold(rows: dict, values: dict) -> np.ndarray:
-    """Rows of fold k taken from values[k] (arrays over all train rows)."""
-    first = next(iter(values.values()))
-    out = np.zeros_like(first)
-    for k, mask in rows.items():
-        out[mask] = values[k][mask]
-    return out
-
-
-def decode_all(plan: Plan, results: dict, combine: str) -> tuple[dict, dict, dict]:
-    """-> (final result, per-sub-run results, extra metrics): the nested choice or the late mean."""
-    ds, dc = plan.ds, plan.cfg.decoder
-    if combine == "single":
-        return evaluate(results[""], ds, dc), {}, {}
-    evaluated = {name: evaluate(per_seed, ds, dc) for name, per_seed in results.items()}
-    if combine == "mean":
-        return evaluate(late_mean(list(results.values())), ds, dc), evaluated, {}
-    labels = ds.labels
-    best = max(evaluated, key=lambda n: score(evaluated[n]["oof_pred"], labels)["score"])
-    choice = choose_per_fold({n: r["oof_pred"] for n, r in evaluated.items()}, labels, ds.folds)
-    extra = {"chosen_per_fold": {str(k): v for k, v in choice.items()}, "choice_for_test": best,
-             "oof_choice_in_sample": trim(score(evaluated[best]["oof_pred"], labels))}
-    return compose(evaluated, choice, best, ds), evaluated, extra
-
-
 # ---- stage 4: outputs -----------------------------------------------------------------------------------
-def write_predictions(folder: Path, ds, res: dict) -> None:
-    write_csv(folder / "oof.csv", data_mod.prediction_frame(ds.train_files, res["oof_prob"], res["oof"], ds.encoders,
+def write_predictions(folder: Path, ds, res: results.Decoded) -> None:
+    """oof.csv and test.csv (probabilities, parts, gates) and decoded.csv (every clip's decoded label)."""
+    write_csv(folder / "oof.csv", data_mod.prediction_frame(ds.train_files, res.oof_prob, res.oof, ds.encoders,
                                                             ds.folds))
-    write_csv(folder / "test.csv", data_mod.prediction_frame(ds.test_files, res["test_prob"], res["test"], ds.encoders))
-
-
-def seed_spread(seeds: list[dict]) -> dict:
-    """Mean and standard deviation over seeds of each OOF (and test) figure."""
-    out = {}
-    for part in ("oof", "test"):
-        if all(part in s for s in seeds):
-            for key in ("acc_presence", "acc_salience", "score"):
-                values = [s[part][key] for s in seeds]
-                out[f"{part}_{key}_mean"], out[f"{part}_{key}_std"] = round(float(np.mean(values)), 6), round(float(np.std(values)), 6)
-    return out
+    write_csv(folder / "test.csv", data_mod.prediction_frame(ds.test_files, res.test_prob, res.test, ds.encoders))
+    results.write_decoded(folder, ds.train_files, ds.folds, res.oof_pred, ds.test_files, res.test_pred)
 
 
 def group_table(entries: dict, group: str) -> pd.DataFrame:
@@ -465,55 +302,52 @@ def group_table(entries: dict, group: str) -> pd.DataFrame:
     for name, m in entries.items():
         row = {group.split("_", 1)[1]: name}
         for part in ("oof", "test"):
-            if part in m:
+            if m.get(part):
                 row.update({f"{part}_{k}": m[part][k] for k in ("acc_presence", "acc_salience", "score")})
         rows.append(row | m["seed_spread"])
     return pd.DataFrame(rows)
 
 
-def scored(res: dict, ds) -> dict:
-    """metrics of one result: OOF, in-sample-threshold OOF, folds, decoder, per seed; test after the files exist."""
-    seeds = [{"seed": i, "oof": trim(score(o, ds.labels))} for i, (o, _) in enumerate(res["seed_preds"])]
-    test = score_test(ds.root, ds.test_files, [res["test_pred"]] + [t for _, t in res["seed_preds"]])
+def scored(res: results.Decoded, ds) -> dict:
+    """Scores of one decoded result: OOF, in-sample-threshold OOF, folds, per seed; test after the files exist."""
+    seeds = [{"seed": i, "oof": trim(score(o, ds.labels))} for i, (o, _) in enumerate(res.seed_preds)]
+    test = score_test(ds.root, ds.test_files, [res.test_pred] + [t for _, t in res.seed_preds])
     if test is not None:
         for s, t in zip(seeds, test[1:]):
             s["test"] = t
-    return {"oof": trim(score(res["oof_pred"], ds.labels)),
-            "oof_thresholds_in_sample": trim(score(res["insample"], ds.labels)),
-            "folds": decode.fold_scores(res["oof_pred"], ds.labels, ds.folds), "decoder": res["decoder"],
-            "seeds": seeds} | ({"test": test[0]} if test is not None else {}) \
-        | ({"protocols": res["protocols"]} if "protocols" in res else {})
+    return {"oof": trim(score(res.oof_pred, ds.labels)), "oof_thresholds_in_sample": trim(score(res.insample, ds.labels)),
+            "folds": decode.fold_scores(res.oof_pred, ds.labels, ds.folds), "seeds": seeds,
+            "test": test[0] if test is not None else None, "protocols": res.protocols}
 
 
-def write_run(plan: Plan, final: dict, evaluated: dict, extra: dict, group, histories: dict, clock: Clock) -> dict:
+def write_run(plan: Plan, final: results.Decoded, evaluated: dict, facts: dict, group, histories: dict,
+              clock: Clock) -> results.RunRecord:
     """Predictions and the submission first, then (reading test labels only now) every score."""
     ds = plan.ds
     write_predictions(plan.out, ds, final)
     for name, res in evaluated.items():
         write_predictions(plan.out / group / name, ds, res)
-    paths = submission.write(submissions_root() / ds.name, plan.name, ds.test_files, final["test_pred"],
+    paths = submission.write(submissions_root() / ds.name, plan.name, ds.test_files, final.test_pred,
                              ds.test_files, ds.template_keys)
-    metrics = scored(final, ds) | extra
+    sub_runs = {}
+    for name, res in evaluated.items():
+        m = scored(res, ds)
+        sub_runs[name] = {"oof": m["oof"], "test": m["test"], "protocols": m["protocols"],
+                          "seed_spread": results.seed_spread(m["seeds"])}
     if group is not None:
-        if "choice_for_test" in extra:
-            metrics["best_" + group.split("_", 1)[1]] = extra["choice_for_test"]
-        metrics[group] = {}
-        for name, res in evaluated.items():
-            m = scored(res, ds)
-            metrics[group][name] = {k: m[k] for k in ("oof", "test", "protocols") if k in m} \
-                | {"seed_spread": seed_spread(m["seeds"])}
-        write_csv(plan.out / f"{group}.csv", group_table(metrics[group], group))
+        write_csv(plan.out / f"{group}.csv", group_table(sub_runs, group))
     timing = clock.save()
-    metrics |= {"history": histories, "runtime_s": timing["runtime_s"], "invocations": timing["invocations"],
-                "resumes": timing["invocations"] - 1, "smoke": plan.cfg.smoke, "variant": plan.variant,
-                "precision": plan.precision, "device": device_mod.describe(plan.device)}
-    write_json(plan.out / "metrics.json", metrics)
+    record = results.RunRecord(
+        kind="experiment", decoder=final.decoder, **scored(final, ds), group=group, sub_runs=sub_runs,
+        **facts, history=histories, runtime_s=timing["runtime_s"], invocations=timing["invocations"],
+        smoke=plan.cfg.smoke, variant=plan.variant, precision=plan.precision, device=device_mod.describe(plan.device))
+    record.write(plan.out)
     resolved = plan.record["config"] | {"run": {
         "fingerprint": plan.record["fingerprint"], "git_commit": git_commit(), "overrides": plan.args.sets,
         "smoke": plan.args.smoke, "variant": plan.variant, "device": str(plan.device), "threads": torch.get_num_threads(),
         "command": " ".join(sys.argv), "submission": display_path(paths["json"])}}
     write_text(plan.out / "config.resolved.yaml", config_mod.dump(resolved))
-    return metrics
+    return record
 
 
 def remove_stale(plan: Plan, log: Log) -> None:
@@ -526,18 +360,18 @@ def remove_stale(plan: Plan, log: Log) -> None:
         log(f"removed the superseded fold caches of this variant: {', '.join(p.name for p in stale)}", file_only=True)
 
 
-def show(log: Log, title: str, metrics: dict, group, in_sample: bool = False) -> None:
+def show(log: Log, title: str, rec: results.RunRecord, in_sample: bool = False) -> None:
     table = Table(title=title)
     for col in ("rows", "n", "ACC_presence", "ACC_salience", "score"):
         table.add_column(col, justify="right" if col != "rows" else "left")
     fmt = lambda m: [str(m["n"]), f"{m['acc_presence']:.4f}", f"{m['acc_salience']:.4f}", f"{m['score']:.4f}"]
-    for f in metrics["folds"]:
+    for f in rec.folds:
         table.add_row(f"fold {f['fold']}", *fmt(f))
-    table.add_row("[bold]OOF[/bold]", *fmt(metrics["oof"]))
-    if "test" in metrics:
-        table.add_row("[bold]test[/bold]", *fmt(metrics["test"]))
+    table.add_row("[bold]OOF[/bold]", *fmt(rec.oof))
+    if rec.test:
+        table.add_row("[bold]test[/bold]", *fmt(rec.test))
     log.console.print(table)
-    dec = metrics["decoder"]
+    dec = rec.decoder
     if dec["name"] == "threshold":
         log(f"decoder: alpha {dec['alpha']}, beta {dec['beta']}, head weight {dec['head_weight']}"
             + (f", epoch {dec['epoch']}" if "epoch" in dec else "") + " (fitted on all OOF); test rows: "
@@ -545,18 +379,17 @@ def show(log: Log, title: str, metrics: dict, group, in_sample: bool = False) ->
                else "the fold-mean decoded with these; ")
             + ("OOF above fits each fold on its own rows (the organisers' optimistic protocol)" if in_sample
                else "OOF above uses per-fold refits on the other folds"))
-    if "protocols" in metrics:
-        log(decode.describe_protocols(metrics["protocols"]))
-    if "chosen_per_fold" in metrics:
-        log(f"sub-run per fold, chosen on the other folds' OOF: {metrics['chosen_per_fold']}; for test: "
-            f"{metrics['choice_for_test']} (its OOF {metrics['oof_choice_in_sample']['score']:.4f} is in-sample: "
+    if rec.protocols:
+        log(decode.describe_protocols(rec.protocols))
+    if rec.chosen_per_fold:
+        log(f"sub-run per fold, chosen on the other folds' OOF: {rec.chosen_per_fold}; for test: "
+            f"{rec.choice_for_test} (its OOF {rec.oof_choice_in_sample['score']:.4f} is in-sample: "
             "the choice saw those rows)")
-    if group is not None and group in metrics:
-        for name, m in metrics[group].items():
-            log(f"  {group} {name}: OOF score {m['oof']['score']:.4f}"
-                + (f", test {m['test']['score']:.4f}" if "test" in m else ""))
-            if "protocols" in m:
-                log("    " + decode.describe_protocols(m["protocols"]).replace("\n", "\n    "))
+    for name, m in rec.sub_runs.items():
+        log(f"  {rec.group} {name}: OOF score {m['oof']['score']:.4f}"
+            + (f", test {m['test']['score']:.4f}" if m["test"] else ""))
+        if m["protocols"]:
+            log("    " + decode.describe_protocols(m["protocols"]).replace("\n", "\n    "))
 
 
 # ---- the whole run -------------------------------------------------------------------------------------
@@ -587,18 +420,17 @@ def run_plan(plan: Plan, on_model=None) -> Path:
     clock = Clock(plan.run_dir / "runtime.json", reset=plan.args.force)
     train_folds(plan, log, clock, on_model)
 
-    group, combine, subs = sub_runs(cfg, ds.encoders)
-    results, histories = {}, {}
-    for sub in subs:
-        results[sub.name], histories[sub.name or "model"] = gather(plan, sub)
-    if combine == "single":
+    group, rule, subs = sub_runs(cfg, ds.encoders)
+    preds = {sub.name: gather(plan, sub) for sub in subs}
+    if rule == "single":
         write_projections(plan, subs[0])
-    final, evaluated, extra = decode_all(plan, results, combine)
-    metrics = write_run(plan, final, evaluated, extra, group, histories, clock)
+    final, evaluated, facts = results.combine(preds, rule, ds.labels, ds.folds, cfg.decoder)
+    record = write_run(plan, final, evaluated, facts, group, {s.name or "model": preds[s.name].history for s in subs},
+                       clock)
     remove_stale(plan, log)
-    show(log, f"{plan.name} on {ds.name}", metrics, group, cfg.decoder.fit == "per_fold_in_sample")
-    if metrics["resumes"]:
-        log(f"run time {metrics['runtime_s']} s over {metrics['invocations']} invocations")
+    show(log, f"{plan.name} on {ds.name}", record, cfg.decoder.fit == "per_fold_in_sample")
+    if record.resumes:
+        log(f"run time {record.runtime_s} s over {record.invocations} invocations")
     if cfg.model.name == "fusion":  # the analysis figures, regenerable later with src/report.py
         from src.report import write_report
         log(f"report: {display_path(write_report(plan.exp_dir, ds.root, plan.variant))}")

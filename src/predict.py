@@ -10,7 +10,6 @@ writes <run>/predict/<DIR name>/test.csv and submissions/<DIR name>/<run>.predic
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,12 @@ import yaml
 
 from src import config as config_mod
 from src import data as data_mod
-from src import decode, submission
+from src import decode, results, submission
 from src.device import configure_torch, pick_device
 from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, display_path, output_dir, outputs_of, resolve_run, run_name, submissions_root
 from src.io import write_csv, write_json
 from src.subruns import n_seeds, sub_runs
-from src.pipeline import late_mean, seed_mean, stack_parts
 from src.train.trainer import predict_checkpoint
 
 
@@ -53,12 +51,12 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def predict_run(out: Path, input_dir: Path) -> tuple[dict, np.ndarray, data_mod.Dataset, dict]:
-    """(test parts, test predictions int [N_test], dataset, resolved config) of a finished run on DIR."""
+    """(test parts, test predictions int [N_test], dataset, decoder record) of a finished run on DIR."""
     resolved_path = out / "config.resolved.yaml"
-    if not (out / "metrics.json").is_file() or not resolved_path.is_file():
-        raise UserError(f"{display_path(out)}: not a finished run (no metrics.json / config.resolved.yaml)")
+    if not resolved_path.is_file():
+        raise UserError(f"{display_path(out)}: not a finished run (no config.resolved.yaml)")
+    record = results.RunRecord.read(out)
     resolved = yaml.safe_load(resolved_path.read_text())
-    metrics = json.loads((out / "metrics.json").read_text())
     cfg, derived = config_mod.from_resolved(resolved), resolved["derived"]
     if cfg.train.epoch_selection != "fixed":  # checkpoints hold the last epoch, not each fold's chosen one
         raise UserError(f"{display_path(out)}: train.epoch_selection: {cfg.train.epoch_selection} picked an epoch "
@@ -71,31 +69,21 @@ def predict_run(out: Path, input_dir: Path) -> tuple[dict, np.ndarray, data_mod.
     device = pick_device(cfg.train.device)
     configure_torch(cfg.train.workers, device)
     models = out / "runs" / resolved["run"]["fingerprint"] / "models"
-    group, combine, subs = sub_runs(cfg, ds.encoders)
-    if combine == "choose":
-        subs = [s for s in subs if s.name == metrics["choice_for_test"]]
+    group, rule, subs = sub_runs(cfg, ds.encoders)
+    if rule == "choose":
+        subs = [s for s in subs if s.name == record.choice_for_test]
     rows = ds.test_rows
     per_sub = []
     for sub in subs:
-        per_seed = []
-        for s in range(n_seeds(cfg, sub)):
-            folds = [predict_checkpoint(load_checkpoint(models / sub.name / f"fold{k}_seed{s}.pt"), sub.cfg,
-                                        [ds.features[e][rows] for e in sub.encoders],
-                                        [ds.present[e][rows] for e in sub.encoders], len(rows), device)
-                     for k in derived["folds"]]
-            per_seed.append(({"prob": np.zeros(0)}, stack_parts(folds)))  # no OOF rows: only test is predicted
-        per_sub.append(per_seed)
-    if combine == "mean":
-        per_sub = [late_mean(per_sub)]
-    _, test_folds = seed_mean(per_sub[0])  # [K folds, n, ...]
-    test = {p: v.mean(0) for p, v in test_folds.items()}
-    params = metrics["decoder"]
-    if params["name"] == "nearest":
-        return test, decode.nearest(test["prob"]), ds, params
-    # as the run decoded its own test rows: per fold model with its fold's thresholds (vote), or the fold mean
-    per_fold = params.get("test_per_fold", params.get("per_fold"))
-    pred = decode.decode_test(test_folds, params, per_fold, params.get("test_scheme", "mean"))
-    return test, pred, ds, params
+        per_seed = [results.stack_parts([
+            predict_checkpoint(load_checkpoint(models / sub.name / f"fold{k}_seed{s}.pt"), sub.cfg,
+                               [ds.features[e][rows] for e in sub.encoders], [ds.present[e][rows] for e in sub.encoders],
+                               len(rows), device) for k in derived["folds"]]) for s in range(n_seeds(cfg, sub))]
+        per_sub.append(results.Predictions([{"prob": np.zeros(0)}] * len(per_seed), per_seed))  # test rows only
+    combined = results.late_mean(per_sub) if rule == "mean" else per_sub[0]
+    _, test_folds = combined.mean()  # [K folds, n, ...]
+    return {p: v.mean(0) for p, v in test_folds.items()}, results.decode_saved(test_folds, record.decoder), ds, \
+        record.decoder
 
 
 @cli

@@ -7,7 +7,6 @@ writes exp/<id>_<slug>/output/<dataset>[@variant]/figures/*.png and report.md. A
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from functools import cached_property
@@ -26,9 +25,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from src import data as data_mod
+from src import results
 from src.config import resolve_top_n
 from src.cka import cka_matrix
-from src.decode import combine_heads, decode_thresholds, nearest
 from src.errors import UserError, cli
 from src.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve, resolve_run, run_name
 from src.io import atomic_write, write_text
@@ -69,33 +68,6 @@ def columns(frame: pd.DataFrame, prefix: str) -> np.ndarray:
     return frame[[f"{prefix}_{e}" for e in EMOTIONS]].to_numpy(dtype=np.float64)
 
 
-def redecode_oof(oof: pd.DataFrame, decoder: dict) -> np.ndarray:
-    """oof.csv rows + metrics['decoder'] -> the honest OOF predictions, int [N] configuration indices.
-
-    Fold k is decoded with the parameters fitted on the other folds (decoder['per_fold']), exactly as the
-    pipeline scored `metrics['oof']`; with two heads the per-fold head weight re-fuses presence and salience.
-    Raises Skip for a decoder that needs more than oof.csv holds (an ensemble's expected-score decoder).
-    """
-    prob = columns(oof, "prob")
-    if decoder["name"] == "nearest":
-        return nearest(prob)
-    two_heads = all(f"{p}_{e}" in oof for p in ("presence", "salience") for e in EMOTIONS)
-    folds = oof["fold"].to_numpy()
-    pred = np.full(len(oof), -1)
-    for params in decoder["per_fold"]:
-        if params.get("name", "threshold") != "threshold":
-            raise Skip(f"fold {params['fold']} uses the '{params['name']}' decoder, which needs the configuration "
-                       "probabilities that oof.csv does not hold")
-        rows = folds == params["fold"]
-        weight = params.get("head_weight")
-        inputs = (combine_heads(columns(oof[rows], "presence"), columns(oof[rows], "salience"), weight)
-                  if weight is not None and two_heads else prob[rows])
-        pred[rows] = decode_thresholds(inputs, params["alpha"], params["beta"])
-    if (pred < 0).any():
-        raise UserError(f"oof.csv: folds {sorted(set(folds[pred < 0]))} have no decoder parameters in metrics.json")
-    return pred
-
-
 def train_truth(input_dir: Path) -> pd.DataFrame:
     """filename, label (configuration index), actor of every train clip, read by src.data."""
     root = Path(input_dir)
@@ -108,7 +80,7 @@ def train_truth(input_dir: Path) -> pd.DataFrame:
 def find_outputs(exp_dir: Path, input_dir: Path, variant: str | None = None) -> Path:
     """Where an experiment (or ensemble) folder keeps its outputs for a dataset; UserError when absent."""
     out = output_dir(exp_dir, Path(input_dir).name, variant)
-    if not (out / "metrics.json").is_file() or not (out / "oof.csv").is_file():
+    if not (out / "metrics.json").is_file() or not (out / "decoded.csv").is_file():
         exp_id = Path(exp_dir).name.split("_", 1)[0]
         hint = {None: "", "smoke": " --smoke"}.get(variant, f" --name {variant}")
         raise UserError(f"{run_name(exp_dir, variant)} has no outputs for dataset '{Path(input_dir).name}' "
@@ -124,7 +96,7 @@ class Run:
         self.exp_dir, self.input_dir, self.variant = Path(exp_dir).resolve(), Path(input_dir), variant
         self.name, self.dataset = run_name(self.exp_dir, variant), self.input_dir.name
         self.out = find_outputs(self.exp_dir, self.input_dir, variant)
-        self.metrics = json.loads((self.out / "metrics.json").read_text())
+        self.record = results.RunRecord.read(self.out)
         config_path = self.out / "config.resolved.yaml"
         self.config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
         oof = pd.read_csv(self.out / "oof.csv")
@@ -133,16 +105,12 @@ class Run:
         if missing:
             raise UserError(f"{display_path(self.out)}/oof.csv and {self.input_dir}/train_metadata.csv differ in "
                             f"{len(missing)} clips (e.g. {missing[0]}): outputs from another version of the dataset?")
-        self.oof = oof.merge(truth, on="filename", validate="one_to_one")
-        self.decode_problem = None
-        try:
-            self.oof["pred"] = redecode_oof(self.oof, self.metrics["decoder"])
-            again, saved = score(self.oof["pred"], self.oof["label"]), self.metrics["oof"]
-            if any(abs(again[k] - saved[k]) > 1e-6 for k in ("acc_presence", "acc_salience", "score")):
-                self.decode_problem = (f"re-decoding oof.csv gives OOF score {again['score']:.6f}, but metrics.json "
-                                       f"says {saved['score']:.6f}")
-        except Skip as why:
-            self.decode_problem = str(why)
+        decoded = results.read_decoded(self.out, "oof")[["filename", "config"]].rename(columns={"config": "pred"})
+        if sorted(decoded["filename"]) != sorted(oof["filename"]):
+            raise UserError(f"{display_path(self.out)}: decoded.csv and oof.csv list different clips; rerun it")
+        # pred: the honest OOF predictions the run scored (decoded.csv), never decoded again here
+        self.oof = oof.merge(truth, on="filename", validate="one_to_one").merge(decoded, on="filename",
+                                                                                validate="one_to_one")
         self.encoders = [c[len("gate_"):] for c in self.oof.columns if c.startswith("gate_")]
         self.modalities = data_mod.read_modalities(self.input_dir)
         self.modality_source = ("from encoders.csv" if self.modalities else
@@ -162,21 +130,14 @@ class Run:
         return self.oof[[f"gate_{e}" for e in self.encoders]].to_numpy(dtype=np.float64)
 
     @property
-    def decoded(self) -> pd.DataFrame:
-        """oof rows with `pred`, the honest OOF predictions that reproduce metrics['oof']."""
-        if self.decode_problem:
-            raise Skip(self.decode_problem)
-        return self.oof
-
-    @property
     def n_seeds(self) -> int:
-        return len(self.metrics.get("seeds", [])) or 1
+        return len(self.record.seeds) or 1
 
     @property
     def top_n(self) -> int | None:
         """Encoders kept per clip: the sweep's best n, the config's top_n, or all encoders."""
-        if "best_top_n" in self.metrics:
-            return int(self.metrics["best_top_n"])
+        if self.record.group == "per_top_n":
+            return int(self.record.choice_for_test)
         if "top_n" in self.config.get("derived", {}):  # the n the run used (top_n: -k resolved)
             return int(self.config["derived"]["top_n"])
         top_n = self.config.get("model", {}).get("top_n", "all")
@@ -195,7 +156,7 @@ class Run:
     def actor_scores(self) -> pd.DataFrame:
         """actor, fold, n, score, acc_presence, acc_salience per actor, best first."""
         rows = [{"actor": actor, "fold": int(g["fold"].iloc[0]), **score(g["pred"], g["label"])}
-                for actor, g in self.decoded.groupby("actor")]
+                for actor, g in self.oof.groupby("actor")]
         return pd.DataFrame(rows).sort_values("score", ascending=False, ignore_index=True)
 
     @cached_property
@@ -301,12 +262,11 @@ def selection_frequency(run: Run) -> tuple[np.ndarray, np.ndarray, str]:
     Reads each seed's fold files (runs/<fingerprint>/folds/<sub-run>/fold*_seed*.npz); without them, the
     seed-averaged gates of oof.csv, which count an encoder kept by any seed (labelled as such).
     """
-    from src.pipeline import read_fold
     fp = run.config.get("run", {}).get("fingerprint", "")
-    folder = run.out / "runs" / fp / "folds" / str(run.metrics.get("best_top_n", ""))
+    folder = run.out / "runs" / fp / "folds" / (run.record.choice_for_test if run.record.group == "per_top_n" else "")
     per_seed: dict[str, list] = {}
     for path in sorted(folder.glob("fold*_seed*.npz")) if fp else []:
-        valid, _, _ = read_fold(path)
+        valid, _, _ = results.read_fold(path)
         if "gate" in valid:
             per_seed.setdefault(path.stem.split("_seed")[1], []).append(valid["gate"] > 0)
     counts = {len(np.concatenate(v)) for v in per_seed.values()}
@@ -394,7 +354,7 @@ def fig_cka(run: Run) -> Figure:
 def confusion_counts(run: Run):
     """(emotion-set confusion int [16, 16] true x predicted, ratio confusion int [3, 3] for blends whose pair
     was predicted right)."""
-    true, pred = run.decoded["label"].to_numpy(), run.decoded["pred"].to_numpy()
+    true, pred = run.oof["label"].to_numpy(), run.oof["pred"].to_numpy()
     sets = np.zeros((len(SET_NAMES), len(SET_NAMES)), dtype=int)
     np.add.at(sets, (SET_OF_CONFIG[true], SET_OF_CONFIG[pred]), 1)
     pair_right = (RATIO_OF_CONFIG[true] >= 0) & (SET_OF_CONFIG[true] == SET_OF_CONFIG[pred])
@@ -442,8 +402,8 @@ def fig_actor(run: Run) -> Figure:
     ax = fig.subplots()
     colors = [f"C{k % 10}" for k in table["fold"]]
     ax.bar(table["actor"], table["score"], color=colors)
-    line = ax.axhline(run.metrics["oof"]["score"], color="k", ls="--",
-                      label=f"all clips {run.metrics['oof']['score']:.3f}")
+    line = ax.axhline(run.record.oof["score"], color="k", ls="--",
+                      label=f"all clips {run.record.oof['score']:.3f}")
     folds = [Patch(color=f"C{k % 10}", label=f"fold {k}") for k in sorted(table["fold"].unique())]
     ax.set_ylabel("OOF score of the actor's clips")
     ax.tick_params(axis="x", rotation=90, labelsize=7)
@@ -453,10 +413,10 @@ def fig_actor(run: Run) -> Figure:
 
 
 def fig_loss(run: Run) -> Figure:
-    histories = run.metrics.get("history") or {}
+    histories = run.record.history
     if not any(histories.values()):
         raise Skip("no per-epoch losses in metrics.json (a prior, an ensemble, or a run from before they were saved)")
-    sub = run.metrics.get("choice_for_test") or next(k for k, v in histories.items() if v)
+    sub = run.record.choice_for_test or next(k for k, v in histories.items() if v)
     per_fold = {key: h for key, h in histories[sub].items() if key.endswith("_seed0")}
     fig = new_figure(7, 4.5)
     ax = fig.subplots()
@@ -518,14 +478,14 @@ def fmt_pm(values) -> str:
 
 
 def score_findings(run: Run) -> list[str]:
-    m = run.metrics
-    folds = [f["score"] for f in m["folds"]]
-    seeds = [s["oof"]["score"] for s in m.get("seeds", [])]
+    m = run.record
+    folds = [f["score"] for f in m.folds]
+    seeds = [s["oof"]["score"] for s in m.seeds]
     honest = ""
-    if "oof_thresholds_in_sample" in m and m["decoder"]["name"] == "threshold":
-        honest = (f" with thresholds refitted per fold on the other folds ({m['oof_thresholds_in_sample']['score']:.4f}"
+    if m.oof_thresholds_in_sample and m.decoder["name"] == "threshold":
+        honest = (f" with thresholds refitted per fold on the other folds ({m.oof_thresholds_in_sample['score']:.4f}"
                   " if fitted on all OOF rows, which is optimistic)")
-    return [f"OOF score {m['oof']['score']:.4f}{honest}; over folds {fmt_pm(folds)} (worst {min(folds):.4f}, "
+    return [f"OOF score {m.oof['score']:.4f}{honest}; over folds {fmt_pm(folds)} (worst {min(folds):.4f}, "
             f"best {max(folds):.4f})" + (f"; over {len(seeds)} seeds {fmt_pm(seeds)}" if len(seeds) > 1 else "") + "."]
 
 
@@ -584,25 +544,23 @@ def findings(run: Run) -> list[str]:
             out += part(run)
         except Skip:
             pass
-    if run.decode_problem:
-        out.append(f"OOF predictions not re-decoded ({run.decode_problem}): no confusion or per-actor figures.")
     return out
 
 
-def metrics_table(m: dict) -> str:
+def metrics_table(m: results.RunRecord) -> str:
     head = "| rows | n | n_blend | ACC_presence | ACC_salience | score |\n|---|---|---|---|---|---|\n"
     row = lambda name, r: (f"| {name} | {r['n']} | {r['n_blend']} | {r['acc_presence']:.4f} | "
                            f"{r['acc_salience']:.4f} | {r['score']:.4f} |\n")
-    nested = " and sub-run chosen per fold on the other folds" if "chosen_per_fold" in m else ""
-    text = head + row(f"**OOF** (thresholds refitted per fold{nested})", m["oof"])
-    if "oof_thresholds_in_sample" in m:
-        text += row("OOF, thresholds fitted in-sample", m["oof_thresholds_in_sample"])
-    if "oof_choice_in_sample" in m:
-        text += row(f"OOF of {m['choice_for_test']} alone, chosen in-sample (optimistic)", m["oof_choice_in_sample"])
-    text += "".join(row(f"fold {f['fold']}", f) for f in m["folds"])
-    if "test" in m:
-        text += row("**test**", m["test"])
-    seeds = m.get("seeds", [])
+    nested = " and sub-run chosen per fold on the other folds" if m.chosen_per_fold else ""
+    text = head + row(f"**OOF** (thresholds refitted per fold{nested})", m.oof)
+    if m.oof_thresholds_in_sample:
+        text += row("OOF, thresholds fitted in-sample", m.oof_thresholds_in_sample)
+    if m.oof_choice_in_sample:
+        text += row(f"OOF of {m.choice_for_test} alone, chosen in-sample (optimistic)", m.oof_choice_in_sample)
+    text += "".join(row(f"fold {f['fold']}", f) for f in m.folds)
+    if m.test:
+        text += row("**test**", m.test)
+    seeds = m.seeds
     if len(seeds) > 1:
         text += f"\nOver {len(seeds)} seeds (each seed decoded on its own): OOF score " \
                 f"{fmt_pm([s['oof']['score'] for s in seeds])}"
@@ -641,18 +599,18 @@ def write_report(exp_dir: Path, input_dir: Path, variant: str | None = None) -> 
             (run.out / "figures" / f"{name}.png").unlink(missing_ok=True)  # no stale figure from an older run
             body = f"{caption}\n\n_Skipped: {why}._"
         sections.append(f"### {number}. {title}\n\n{body}\n")
-    m = run.metrics
+    m = run.record
     smoke = "\n**Smoke run** (tiny training budget): the numbers only show that the pipeline works.\n" \
-        if m.get("smoke") else ""
+        if m.smoke else ""
     groups = "; ".join(f"{g}: {', '.join(run.encoders[i] for i in idx)}" for g, idx in run.groups().items())
     is_experiment = run.exp_dir.parent == EXP_DIR and run.name.startswith("exp")
     spec = run.name.split("_")[0] + (f"@{variant}" if variant else "") if is_experiment else display_path(run.exp_dir)
     command = f"python src/report.py {spec} --input {display_path(run.input_dir)}"
     text = (f"# {run.name} on {run.dataset}\n\n"
             f"Generated by `{command}` from the saved outputs in `{display_path(run.out)}` (no retraining). "
-            f"Run time {m.get('runtime_s', 'n/a')} s"
-            + (f" over {m['invocations']} invocations" if m.get("resumes") else "") + f".\n{smoke}\n"
-            f"## Scores\n\n{metrics_table(m)}\n## Decoder\n\n{decoder_text(m['decoder'])}\n"
+            f"Run time {m.runtime_s} s"
+            + (f" over {m.invocations} invocations" if m.resumes else "") + f".\n{smoke}\n"
+            f"## Scores\n\n{metrics_table(m)}\n## Decoder\n\n{decoder_text(m.decoder)}\n"
             "## Findings\n\n" + "".join(f"- {s}\n" for s in findings(run))
             + "\n## Figures\n\n"
             + (f"Modality groups {run.modality_source}: {groups}.\n\n" if run.encoders else "")

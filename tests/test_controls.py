@@ -149,7 +149,7 @@ def test_selection_frequency_is_per_seed_then_averaged(tmp_path):
     """Seed 0 keeps encoder 0 on rows 0-1, seed 1 on rows 2-3: 'any seed' would say 100%, per seed says 50%."""
     from types import SimpleNamespace
     import pandas as pd
-    from src.pipeline import write_fold
+    from src.results import write_fold
     from src.report import selection_frequency
     folds = tmp_path / "runs" / "fp" / "folds"
     g = {0: np.array([[1, 0], [1, 0], [0, 1], [0, 1]], float), 1: np.array([[0, 1], [0, 1], [1, 0], [1, 0]], float)}
@@ -157,7 +157,7 @@ def test_selection_frequency_is_per_seed_then_averaged(tmp_path):
         write_fold(folds / f"fold0_seed{s}.npz", {"gate": gate[:2]}, {}, {})
         write_fold(folds / f"fold1_seed{s}.npz", {"gate": gate[2:]}, {}, {})
     mean_gate = (g[0] + g[1]) / 2
-    run = SimpleNamespace(out=tmp_path, metrics={}, oof=pd.DataFrame({"x": range(4)}), n_seeds=2,
+    run = SimpleNamespace(out=tmp_path, record=SimpleNamespace(group=None, choice_for_test=None), oof=pd.DataFrame({"x": range(4)}), n_seeds=2,
                           encoders=["a", "b"], gates=mean_gate, config={"run": {"fingerprint": "fp"}})
     freq, spread, how = selection_frequency(run)
     assert np.allclose(freq, [0.5, 0.5]) and np.allclose(spread, 0) and "per seed" in how

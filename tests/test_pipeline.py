@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from conftest import ROOT, TEMPLATE, output_dir, run_cli, run_exp, run_script, submissions_dir
-from src import config, data
+from src import config, data, results
 from src.experiments import resolve
-from src.labels import EMOTIONS
+from src.labels import EMOTIONS, SALIENCE
 from src.leaderboard import collect
-from src.pipeline import choose_per_fold
 from src.train.inputs import inner_split
 from src.train.trainer import fit_folds
 
@@ -230,25 +229,29 @@ def test_early_stopping_never_reads_the_scored_rows(shared_dataset):
     assert extras_c["history"]["inner_loss"] != extras["history"]["inner_loss"]
 
 
-def test_sub_run_choice_for_a_fold_ignores_that_folds_labels():
-    """Sub-run A is perfect on fold 0 only, B is better elsewhere: fold 0 gets B, whatever fold 0's labels are."""
-    rng = np.random.default_rng(0)
-    folds = np.repeat([0, 1, 2], 60)
+def noisy_probabilities(rng, labels, strength=2.0) -> dict:
+    logits = strength * SALIENCE[labels] + rng.normal(0, 1.0, (len(labels), 6))
+    return {"prob": np.exp(logits) / np.exp(logits).sum(1, keepdims=True)}
+
+
+def test_sub_run_choice_for_a_fold_never_sees_that_folds_labels():
+    """Two sub-runs of equal quality: fold k's choice is the same whatever fold k's labels are. The other folds
+    are decoded among themselves; with thresholds fitted on every fold but the decoded one (fold k's labels
+    included), 8 of these 12 permutations flipped fold k's choice."""
+    rng = np.random.default_rng(2)
+    folds = np.repeat([0, 1, 2], 80)
     labels = rng.integers(0, 36, len(folds))
-    a, b = rng.integers(0, 36, len(folds)), labels.copy()
-    a[folds == 0] = labels[folds == 0]
-    b[folds == 0] = (labels[folds == 0] + 1) % 36
-    b[rng.random(len(folds)) < 0.3] = 0
-    choice = choose_per_fold({"A": a, "B": b}, labels, folds)
-    assert choice[0] == "B"  # an in-sample choice for fold 0 would take A
-    for k in (0, 1, 2):
-        permuted = labels.copy()
-        permuted[folds == k] = rng.permutation(labels[folds == k])
-        assert choose_per_fold({"A": a, "B": b}, permuted, folds)[k] == choice[k]
-    # the other folds' labels do decide it (the check can fail)
-    other = labels.copy()
-    other[folds != 0] = a[folds != 0]
-    assert choose_per_fold({"A": a, "B": b}, other, folds)[0] == "A"
+    parts = {"A": noisy_probabilities(rng, labels), "B": noisy_probabilities(rng, labels)}
+    dc = config.Decoder(head_weights=[0.5])
+    choice = results.choose_per_fold(parts, labels, folds, dc)
+    for _ in range(4):
+        for k in (0, 1, 2):
+            permuted = labels.copy()
+            permuted[folds == k] = rng.permutation(labels[folds == k])
+            assert results.choose_per_fold(parts, permuted, folds, dc)[k] == choice[k]
+    # the other folds' labels do decide it (the check can fail): C is sharp wherever it is scored for fold 0
+    sharp = noisy_probabilities(rng, labels, strength=20.0)
+    assert results.choose_per_fold(parts | {"C": sharp}, labels, folds, dc)[0] == "C"
 
 
 @pytest.mark.parametrize("exp_id", ["exp043", "exp021"])

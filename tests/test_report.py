@@ -1,19 +1,21 @@
-"""Linear CKA, the OOF re-decode, the per-experiment report and the leaderboard, on outputs of real smoke runs."""
+"""Linear CKA, the decoded predictions the report reads, the per-experiment report and the leaderboard, on outputs of real smoke runs."""
 import json
 import uuid
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from conftest import TINY, run_exp, run_script
+from conftest import TINY, run_exp, run_script, submissions_dir
 from src import synth
 from src.cka import cka_matrix, linear_cka
 from src.experiments import output_dir, resolve
 from src.leaderboard import collect, to_markdown
 from src.errors import UserError
+from src.labels import config_index
 from src.metric import score
-from src.report import FIGURES, Run, Skip, guess_modality, redecode_oof, write_report
+from src.report import FIGURES, Run, guess_modality, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SWEEP_ENCODERS = "[openface,hubert]"  # the sweep trains one model per n: two encoders keep it to n = 1, 2
@@ -65,7 +67,9 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.parametrize("exp_id", ["exp040", "exp020", "exp000"])
-def test_redecode_reproduces_saved_oof_metrics(tiny, exp_id):
+def test_report_reads_the_predictions_the_run_scored(tiny, exp_id):
+    """The report's OOF predictions (decoded.csv, never decoded again) give the record's scores exactly, and
+    decoded.csv's test rows are the submission."""
     run = Run(resolve(exp_id), tiny, "smoke")
     metrics = json.loads((run.out / "metrics.json").read_text())
     pred, true, folds = run.oof["pred"].to_numpy(), run.oof["label"].to_numpy(), run.oof["fold"].to_numpy()
@@ -73,13 +77,12 @@ def test_redecode_reproduces_saved_oof_metrics(tiny, exp_id):
     assert {k: round(v, 6) if isinstance(v, float) else v for k, v in oof.items()} == metrics["oof"]
     # per-fold figures are stored unrounded: they must match to the last digit
     assert [{"fold": int(k), **score(pred[folds == k], true[folds == k])} for k in np.unique(folds)] == metrics["folds"]
-
-
-def test_redecode_refuses_a_decoder_that_oof_csv_cannot_reproduce(tiny):
-    run = Run(resolve("exp020"), tiny, "smoke")
-    expected_score = {"name": "threshold", "per_fold": [{"fold": 0, "name": "expected", "blend_share": 0.5}]}
-    with pytest.raises(Skip, match="expected"):
-        redecode_oof(run.oof, expected_score)
+    test = pd.read_csv(run.out / "decoded.csv").query("split == 'test'")
+    submitted = pd.read_csv(submissions_dir(tiny) / f"{run.name}.csv", keep_default_na=False)
+    entries = [[(r.emotion_1, r.salience_1)] + ([(r.emotion_2, r.salience_2)] if r.emotion_2 else [])
+               for r in submitted.itertuples()]
+    assert list(test["filename"]) == list(submitted["filename"])
+    assert list(test["config"]) == [config_index(e) for e in entries]
 
 
 def check_png(path):
