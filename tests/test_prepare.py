@@ -201,6 +201,18 @@ def test_organisers_static_features_are_used(download, out_dir, tmp_path):
     assert json.loads((out_dir / "prepare.json").read_text())["imagebind"]["ignored"] == 1
 
 
+@pytest.mark.parametrize("X,message", [(np.full((97, 9), 1e300), "NaN/inf values (in float32) in ImageBind_static"),
+                                       (np.ones((97, 9), np.complex128), "X of complex128, expected real numbers")])
+def test_static_features_beyond_float32_or_complex_are_rejected(download, out_dir, tmp_path, X, message):
+    only = tmp_path / "static_only"
+    shutil.copytree(download / "metadata", only / "meta")
+    names = pd.read_csv(only / "meta" / "train_metadata.csv")["filename"].tolist() + [f"test_{i + 1:04d}.mov" for i in range(24)]
+    np.savez(only / "ImageBind_static_features.npz", X=X[:len(names)], filenames=np.array(names))
+    proc = prepare(only, out_dir, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not out_dir.exists()
+
+
 def corrupt(path, data):
     path.write_bytes(data)
 
