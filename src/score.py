@@ -47,10 +47,19 @@ def _json_text(path: Path) -> str:
 def _entries(key, value, path: Path) -> list[tuple[str, float]]:
     """One prediction -> [(emotion, salience)], as the official code reads it; malformed -> UserError."""
     try:
-        return [(str(e["emotion"]), float(e["salience"])) for e in value]
+        return [(str(e["emotion"]), _salience(e["salience"])) for e in value]
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: entry '{key}' is not a list of {{\"emotion\", \"salience\": number}} "
                         f"objects: {json.dumps(value)[:80]}") from None
+
+
+def _salience(value) -> float:
+    """A submitted salience as a float; an integer too large for one (JSON allows any length) is +-inf, which
+    like the integer itself matches no true salience."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def read_submission(path: Path) -> dict:

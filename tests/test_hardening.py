@@ -440,6 +440,7 @@ NON_FINITE = {
     "score_salience_inf": {"c1": [("ang", float("inf")), ("hap", 30)]},
     "score_salience_nan": {"c3": [("fea", float("nan")), ("sad", float("nan"))]},
     "score_salience_minus_inf": {"c4": [("ang", 30), ("disg", float("-inf"))]},
+    "score_salience_huge_integer": {"c1": [("ang", 10 ** 400), ("hap", 30)]},  # too large for a float
 }
 
 
