@@ -59,8 +59,7 @@ def test_faces_find_the_smiling_astronaut_and_rank_happy_first(clips, tmp_path, 
     summary = faces(clips, out, "--allow-failures", "--batch", 2)
     X, names = load(out)
     assert list(summary["failed"]) == [BLANK] and names == [ASTRONAUT]
-    width = len(extract_faces.EMOTIONS) + len(extract_faces.GEOMETRY)
-    assert X.shape == (1, N_STATS * width)
+    assert X.shape == (1, N_STATS * len(extract_faces.SERIES) + 1) == (1, 78)
     mean_probs = X[0, :len(extract_faces.EMOTIONS)]
     assert extract_faces.EMOTIONS[int(np.argmax(mean_probs))] == "happy" and mean_probs.max() > 0.5
 
@@ -69,10 +68,13 @@ def test_faces_find_the_smiling_astronaut_and_rank_happy_first(clips, tmp_path, 
     assert n_frames == 5 and len(series) >= 4  # the face in most frames
     np.testing.assert_allclose(series[:, :7].sum(1), 1, atol=1e-3)
     # The face box where it is in the photograph: centre ~(0.44, 0.22) of the frame, side ~0.19 of its height
-    # (the clip slides 2 px a frame, < 0.05 of the width over 1 s).
-    np.testing.assert_allclose(series[:, 7:].mean(0), [0.46, 0.22, 0.19], atol=0.05)
-    # The file is the aggregated series; batches of 2 gave what one call of 32 gives.
-    np.testing.assert_allclose(X[0], aggregate(series), rtol=1e-5, atol=1e-6)
+    # (the clip slides 2 px a frame, < 0.05 of the width over 1 s), found with a face's confidence.
+    np.testing.assert_allclose(series[:, 7:10].mean(0), [0.46, 0.22, 0.19], atol=0.05)
+    assert (series[:, 10] > extract_faces.MIN_CONFIDENCE).all()
+    # The file is the aggregated series and the share of frames with a face; batches of 2 gave what one
+    # call of 32 gives.
+    np.testing.assert_allclose(X[0, :-1], aggregate(series), rtol=1e-5, atol=1e-6)
+    assert X[0, -1] == pytest.approx(len(series) / 5)
 
 
 def test_egemaps_f0_of_a_150_hz_tone(clips, tmp_path, capsys):
@@ -90,7 +92,7 @@ def test_egemaps_f0_of_a_150_hz_tone(clips, tmp_path, capsys):
     X, _ = load(tmp_path / "lld.npz")
     lld = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                           feature_level=opensmile.FeatureLevel.LowLevelDescriptors).feature_names
-    assert X.shape == (1, N_STATS * 25) == (1, N_STATS * len(lld))
+    assert X.shape == (1, N_STATS * 25 + 1) == (1, N_STATS * len(lld) + 1)
     median_block = 2 + 2  # mean, std, p10, p25, then p50
     assert abs(X[0, median_block * len(lld) + lld.index("F0semitoneFrom27.5Hz_sma3nz")] - SEMITONES) < 0.5
 
