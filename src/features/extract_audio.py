@@ -30,24 +30,25 @@ from src.features.extract_common import (SAMPLE_RATE, WEIGHT_SEED, add_common_ar
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def hub_options(name: str, pretrained: bool) -> dict:
-    """from_pretrained keywords for a model id: local_files_only when the cache holds what is needed (no
-    network at all); otherwise a UserError at once unless the hub can be reached now."""
+def model_source(name: str, pretrained: bool) -> str:
+    """What transformers loads `name` from: a local folder as given; for a model id, its snapshot folder in
+    the local cache when that holds config.json (and weights, when pretrained), so that no request is made;
+    otherwise the id, after a UserError at once when the hub cannot be reached now."""
     if Path(name).is_dir():
-        return {}
-    if hub_cached(name, ["config.json"]) and (not pretrained or hub_cached(name, WEIGHT_FILES)):
-        return {"local_files_only": True}
+        return name
+    config = hub_cached(name, ["config.json"])
+    if config and (not pretrained or hub_cached(name, WEIGHT_FILES)):
+        return str(Path(config).parent)
     require_download(f"--model {name}", hub_constants.ENDPOINT, hub_fix(name) + ", or pass a local folder")
-    return {}
+    return name
 
 
 def load_config(name: str, pretrained: bool = False):
     """The model's config, read before the weights so that bad arguments fail fast."""
     if name.startswith((".", "/")) and not Path(name).is_dir():
         raise UserError(f"--model {name}: folder not found (expected a model id or a folder with config.json)")
-    options = hub_options(name, pretrained)
     try:
-        return AutoConfig.from_pretrained(name, **options)
+        return AutoConfig.from_pretrained(model_source(name, pretrained))
     except (OSError, ValueError) as err:
         raise UserError(f"--model {name}: no such model or config ({str(err).splitlines()[0]})") from None
 
@@ -55,17 +56,17 @@ def load_config(name: str, pretrained: bool = False):
 def build_model(name: str, pretrained: bool, device: torch.device):
     """(model in eval mode on device, its feature extractor)."""
     config = load_config(name, pretrained)
-    options = hub_options(name, pretrained)
+    source = model_source(name, pretrained)
     torch.manual_seed(WEIGHT_SEED)
     try:
-        model = AutoModel.from_pretrained(name, **options) if pretrained else AutoModel.from_config(config)
+        model = AutoModel.from_pretrained(source) if pretrained else AutoModel.from_config(config)
     except (OSError, ValueError) as err:
         raise UserError(f"--model {name}: cannot load weights ({str(err).splitlines()[0]}); "
                         f"--no-pretrained uses random weights") from None
     if model.main_input_name != "input_values":
         raise UserError(f"--model {name}: a '{config.model_type}' model, not a speech model taking raw audio")
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(name, **options)
+        extractor = AutoFeatureExtractor.from_pretrained(source)
     except (OSError, ValueError):
         # A bare config (tests, --no-pretrained from a folder) has no preprocessor file. Per-clip
         # normalisation is what the large models expect; models with group-norm convolutions cannot use
