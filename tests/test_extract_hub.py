@@ -99,7 +99,8 @@ def test_uncached_model_fails_at_once(kind, model, repo, network, hub, clips, tm
     if network == "refuses":
         monkeypatch.setattr(constants, "ENDPOINT", silent.refused)
     main = extract_audio.main if kind == "audio" else extract_video.main
-    code, seconds = run_main(main, ["--videos", clips, "--model", model, "--out", tmp_path / "f.npz", "--device", "cpu"])
+    code, seconds = run_main(main, ["--videos", clips, "--model", model, "--out", tmp_path / "f.npz",
+                                    "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     # The hub clients alone retried for 26 s (DNS failure) to over a minute; one probe of PROBE_SECONDS decides.
     assert seconds < extract_common.PROBE_SECONDS + 3

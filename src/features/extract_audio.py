@@ -27,7 +27,8 @@ from src.features.extract_common import (SAMPLE_RATE, WEIGHT_SEED, add_common_ar
                                          run_extraction)
 
 # The files transformers loads weights from, any one of which (with config.json) makes a cached model usable.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 def model_source(name: str, pretrained: bool) -> str:

@@ -102,22 +102,18 @@ def stated_seconds(container, stream) -> float | None:
     return container.duration / av.time_base if container.duration else None
 
 
-def check_complete(decoded: float, stated: float | None, error: str = "") -> None:
-    """ClipError when decoded seconds fall short of MIN_DECODED_SHARE of the stated ones (a cut file)."""
+def truncation(decoded: float, stated: float | None) -> str | None:
+    """Why a clip decoding to `decoded` of its `stated` seconds counts as cut short, or None."""
     if stated and decoded < MIN_DECODED_SHARE * stated:
-        raise ClipError(f"truncated: decodes {decoded:.2f} s of the {stated:.2f} s its container states"
-                        + (f" ({error})" if error else ""))
+        return f"truncated: decodes {decoded:.2f} s of the {stated:.2f} s its container states"
+    return None
 
 
 def decode_error(err: av.FFmpegError, decoded: float | None, stated: float | None) -> ClipError:
     """The ClipError for a decoder error after `decoded` seconds (None: before anything was decoded)."""
     reason = err.strerror or str(err)
-    if decoded is not None:
-        try:
-            check_complete(decoded, stated, reason)
-        except ClipError as truncated:
-            return truncated
-    return ClipError(f"cannot decode ({reason})")
+    cut = truncation(decoded, stated) if decoded is not None else None
+    return ClipError(f"{cut} ({reason})" if cut else f"cannot decode ({reason})")
 
 
 def read_frames(path, fps: float) -> list:
@@ -144,7 +140,8 @@ def read_frames(path, fps: float) -> list:
         raise decode_error(err, None if t is None else t + 1 / rate, stated) from None
     if not frames:
         raise ClipError("no frames decoded")
-    check_complete(t + 1 / rate, stated)  # the last frame lasts one frame interval
+    if cut := truncation(t + 1 / rate, stated):  # the last frame lasts one frame interval
+        raise ClipError(cut)
     return frames
 
 
@@ -159,7 +156,7 @@ def read_audio(path) -> np.ndarray:
             stream = container.streams.audio[0]
             stated, decoded = stated_seconds(container, stream), 0.0
             # The channels are averaged here, not by the resampler: FFmpeg's stereo-to-mono matrix adds the
-            # channels at 0.707 each, so identical channels came out 3 dB louder and a loud clip past 1.0.
+            # channels at 0.707 each, which makes identical channels 3 dB louder and pushes a loud clip past 1.0.
             resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
             for frame in container.decode(stream):
                 decoded += frame.samples / frame.sample_rate
@@ -170,7 +167,8 @@ def read_audio(path) -> np.ndarray:
     wave = np.concatenate(chunks, axis=1).mean(0, dtype=np.float32) if chunks else np.zeros(0, np.float32)
     if len(wave) < SAMPLE_RATE // 10:
         raise ClipError(f"audio track too short ({len(wave)} samples at 16 kHz)")
-    check_complete(decoded, stated)
+    if cut := truncation(decoded, stated):
+        raise ClipError(cut)
     return wave
 
 
