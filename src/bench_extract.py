@@ -2,7 +2,7 @@
 weights) and the extractors whose models ship in their wheels (openSMILE, FER2013 faces).
 
     python -m src.bench_extract [--clips 4] [--seconds 3] [--no-full-size]
-Also home of the clip generator the extraction tests use (write_clip, write_tiny_wavlm).
+Also home of the clip generators the extraction tests use (write_clip, write_media, write_tiny_wavlm).
 """
 from __future__ import annotations
 
@@ -56,20 +56,35 @@ def write_clip(path: Path, seconds: float = 1.0, size: tuple[int, int] = (64, 64
     if image is None:
         width, height = size
         image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    height, width = image.shape[:2]
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("mpeg4", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        sound = container.add_stream("aac", rate=audio_rate, layout="mono") if audio else None
-        for i in range(int(round(seconds * fps))):
-            frame = av.VideoFrame.from_ndarray(np.roll(image, 2 * i, axis=1), format="rgb24")
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
-        if sound is not None:
-            t = np.arange(int(seconds * audio_rate)) / audio_rate
-            hz = 200 + 50 * seed if tone_hz is None else tone_hz
-            tone = 0.3 * np.sin(2 * np.pi * hz * t) + 0.05 * rng.normal(size=len(t))
-            frame = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None], format="fltp", layout="mono")
+    frames = [np.roll(image, 2 * i, axis=1) for i in range(int(round(seconds * fps)))]
+    wave = None
+    if audio:
+        t = np.arange(int(seconds * audio_rate)) / audio_rate
+        hz = 200 + 50 * seed if tone_hz is None else tone_hz
+        wave = (0.3 * np.sin(2 * np.pi * hz * t) + 0.05 * rng.normal(size=len(t)))[None]
+    return write_media(path, frames, fps, wave, audio_rate)
+
+
+def write_media(path: Path, frames: list | None = None, fps: int = 10, wave: np.ndarray | None = None,
+                audio_rate: int = 44_100, audio_codec: str = "aac", faststart: bool = False) -> Path:
+    """A media file: frames (uint8 [H, W, 3] each, even sides) as mpeg4 video, wave (float [channels, samples],
+    1 or 2 channels) as audio_codec; faststart puts the index (a .mov's moov atom) before the data."""
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        video = None
+        if frames:
+            video = container.add_stream("mpeg4", rate=fps)
+            video.height, video.width = frames[0].shape[:2]
+            video.pix_fmt = "yuv420p"
+        if wave is not None:
+            layout = {1: "mono", 2: "stereo"}[len(wave)]
+            sound = container.add_stream(audio_codec, rate=audio_rate, layout=layout)
+        for image in frames or []:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        if video is not None:
+            container.mux(video.encode())
+        if wave is not None:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave, np.float32), format="fltp", layout=layout)
             frame.sample_rate, frame.pts = audio_rate, 0
             container.mux(sound.encode(frame))
             container.mux(sound.encode())

@@ -351,6 +351,7 @@ def chain(exp_dir: Path, seen=()) -> dict:
 def parse_set(assignments: list[str]) -> dict:
     """['train.epochs=5', ...] -> nested dict; values are parsed as YAML (5 -> int, [a, b] -> list)."""
     out: dict = {}
+    given: dict[tuple, str] = {}  # key path -> the --set that gave it
     for item in assignments:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key.path=value")
@@ -359,8 +360,15 @@ def parse_set(assignments: list[str]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise UserError(f"--set {item!r}: value is not valid YAML") from None
+        keys = tuple(path.strip().split("."))
+        # A value for a key and another for a key under it would depend on the order of the flags.
+        clash = next((k for k in given if k != keys and k[:len(keys)] == keys[:len(k)]), None)
+        if clash is not None:
+            raise UserError(f"--set {given[clash]!r} and --set {item!r}: '{'.'.join(min(keys, clash, key=len))}' "
+                            "cannot take both a value and keys under it; keep one of them")
+        given[keys] = item
         node = out
-        *parents, last = path.strip().split(".")
+        *parents, last = keys
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = value

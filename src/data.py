@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -60,40 +61,74 @@ class Dataset:
         return np.arange(self.n_train, self.n_train + len(self.test_files))
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+def read_csv(path: Path, required: tuple[str, ...] = (), key: str | None = "filename", allow_empty: bool = False,
+             fold_case: bool = False) -> pd.DataFrame:
+    """Every CSV the repository reads: cells as text (nothing guessed as NaN), checked, one-line UserErrors.
+
+    required: columns that must exist; key: a column of clip names that must be unique once the extension is
+    stripped (lower-cased too with fold_case, for names matched case-insensitively), None for other tables;
+    allow_empty: a header without rows is a valid (empty) table. Messages count rows from 1 = the first row
+    under the header.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a CSV file")
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None
-    for col in required:
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    for col in required + ((key,) if key else ()):
         if col not in frame.columns:
             raise UserError(f"{path}: missing column '{col}' (has: {', '.join(frame.columns)})")
-    if frame.empty:
-        raise UserError(f"{path}: no rows (only a header); list one clip per row")
-    dup = frame["filename"].map(strip_extension).duplicated()
-    if dup.any():
-        raise UserError(f"{path}: duplicate file names, e.g. '{frame['filename'][dup].iloc[0]}' ({int(dup.sum())} repeated)")
+    if frame.empty and not allow_empty:
+        raise UserError(f"{path}: no rows (only a header)" + ("; list one clip per row" if key else ""))
+    if key:
+        keys = frame[key].map(strip_extension)
+        keys = keys.str.lower() if fold_case else keys
+        dup = keys.duplicated()
+        if dup.any():
+            rows = np.flatnonzero(keys == keys[dup].iloc[0]) + 1
+            raise UserError(f"{path}: duplicate file names, e.g. '{frame[key][dup].iloc[0]}' in rows {rows[0]} and "
+                            f"{rows[1]} ({int(dup.sum())} repeated{', ignoring case' if fold_case else ''})")
     return frame
+
+
+def _salience(text: str, column: str, where: str) -> str:
+    """A salience cell, checked: a finite number (as typed, so messages show it as written)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{where}, column '{column}': {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"{where}, column '{column}': salience {text!r} is not a finite number")
+    return text
 
 
 def labels_from_columns(frame: pd.DataFrame, path: Path) -> np.ndarray:
     """Configuration index per row from the label columns; blank second emotion = a single."""
     out = np.empty(len(frame), dtype=int)
-    for i, row in enumerate(frame.itertuples(index=False)):
+    for i, row in enumerate(frame[["filename", *LABEL_COLUMNS]].itertuples(index=False)):
         row = row._asdict()
+        where = f"{path}: row {i + 1} ('{row['filename']}')"
         e1, e2 = row["emotion_1"].strip(), row["emotion_2"].strip()
-        entries = [(e1, row["emotion_1_salience"] or 100)]
+        for e in (e1, e2) if e2 else (e1,):
+            if e not in EMOTIONS:
+                raise UserError(f"{where}: unknown emotion code '{e}'")
+        s1 = row["emotion_1_salience"].strip()
+        entries = [(e1, _salience(s1, "emotion_1_salience", where) if s1 else 100)]
         if e2:
-            entries.append((e2, row["emotion_2_salience"] or "nan"))
+            s2 = row["emotion_2_salience"].strip()
+            if not s2:
+                raise UserError(f"{where}, column 'emotion_2_salience': blank although emotion_2 is '{e2}'")
+            entries.append((e2, _salience(s2, "emotion_2_salience", where)))
         try:
-            for e, _ in entries:
-                if e not in EMOTIONS:
-                    raise UserError(f"unknown emotion code '{e}'")
             out[i] = config_index(entries)
-        except (UserError, ValueError) as err:
-            raise UserError(f"{path}: row for '{row['filename']}': {err}") from None
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
     return out
 
 
@@ -107,14 +142,25 @@ def read_labels(frame: pd.DataFrame, path: Path) -> np.ndarray:
         raise UserError(f"{path}: no label columns and {err}") from None
 
 
+# A plain integer: ASCII digits with an optional leading '-'. int() would also take ' 2', '+2', '1_0' and other
+# scripts' digits ('٢'); 18 digits keep every value inside int64.
+PLAIN_INTEGER = r"-?[0-9]{1,18}"
+
+
+def read_folds(frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """The `fold` column as int [N]; a value that is not a plain integer is an error naming row and value."""
+    plain = frame["fold"].str.fullmatch(PLAIN_INTEGER)
+    if not plain.all():
+        row = int(np.flatnonzero(~plain)[0])
+        raise UserError(f"{path}: row {row + 1}, column 'fold': {frame['fold'].iloc[row]!r} is not a plain integer "
+                        "(ASCII digits 0-9, an optional leading '-', nothing else)")
+    return frame["fold"].astype(np.int64).to_numpy()
+
+
 def _read_train(root: Path):
     path = root / "train_metadata.csv"
-    frame = _read_csv(path, ("filename", "fold"))
-    try:
-        folds = frame["fold"].astype(int).to_numpy()
-    except ValueError:
-        bad = next(v for v in frame["fold"] if not v.strip().lstrip("-").isdigit())
-        raise UserError(f"{path}: fold value {bad!r} is not an integer") from None
+    frame = read_csv(path, ("filename", "fold"))
+    folds = read_folds(frame, path)
     actors = np.array([actor_of(v) for v in (frame["video_id"] if "video_id" in frame else frame["filename"])])
     per_actor = pd.DataFrame({"actor": actors, "fold": folds}).groupby("actor")["fold"].nunique()
     if (per_actor > 1).any():
@@ -243,13 +289,7 @@ def read_modalities(root: Path) -> dict[str, str]:
     path = Path(root) / "encoders.csv"
     if not path.is_file():
         return {}
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None
-    missing = [c for c in ("encoder", "modality") if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: missing column '{missing[0]}' (has: {', '.join(frame.columns)})")
+    frame = read_csv(path, ("encoder", "modality"), key=None, allow_empty=True)
     bad = frame[~frame["modality"].isin(MODALITIES)]
     if len(bad):
         raise UserError(f"{path}: modality {bad['modality'].iloc[0]!r} of encoder '{bad['encoder'].iloc[0]}' "
@@ -263,7 +303,7 @@ def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Datase
     if not root.is_dir():
         raise UserError(f"{root}: dataset folder not found")
     train_files, folds, actors, labels = _read_train(root)
-    test_files = _read_csv(root / "test_metadata.csv", ("filename",))["filename"].to_numpy()
+    test_files = read_csv(root / "test_metadata.csv", ("filename",))["filename"].to_numpy()
     test_files = np.sort(test_files)
     clash = set(map(strip_extension, train_files)) & set(map(strip_extension, test_files))
     if clash:

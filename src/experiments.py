@@ -60,7 +60,10 @@ def variant_name(smoke: bool, sets, name: str | None = None) -> str | None:
 
     The hash is over the parsed overrides with sorted keys, so the order of --set flags does not matter.
     """
-    if name:
+    if name is not None:
+        if not name:
+            raise UserError("--name '': empty; give a name (letters, digits and . _ + = -) or leave --name out "
+                            "for the automatic one")
         if not VARIANT_NAME.fullmatch(name):
             raise UserError(f"--name '{name}': use letters, digits and . _ + = - only")
         return name

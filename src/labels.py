@@ -1,6 +1,7 @@
 """The BlEmoRe label space: 36 configurations, file-name parsing, presence and salience vectors."""
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -47,7 +48,10 @@ def strip_extension(name: str) -> str:
 def config_index(entries) -> int:
     """[(emotion, salience), ...] -> configuration index; raises UserError for an illegal label."""
     typed = ", ".join(f"{e} {s}" for e, s in entries)  # messages show the values as written, not rounded
-    pairs = tuple((str(e), int(round(float(s)))) for e, s in entries)
+    values = [float(s) for _, s in entries]
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"illegal label [{typed}]: a salience is not a finite number")
+    pairs = tuple((str(e), int(round(v))) for (e, _), v in zip(entries, values))
     emotions = [e for e, _ in pairs]
     if any(e not in EMOTIONS for e in emotions):
         raise UserError(f"unknown emotion code in [{typed}] (known: {', '.join(EMOTIONS)})")

@@ -54,7 +54,8 @@ def parse_args(argv):
     p.add_argument("--force", action="store_true", help="retrain this variant's folds even if they are finished")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value; each distinct set of overrides is its own variant (@set-<hash>)")
-    p.add_argument("--name", default=None, help="variant name instead of the automatic one (@NAME)")
+    p.add_argument("--name", default=None, help="variant name instead of the automatic one (@NAME): letters, "
+                   "digits and . _ + = -, starting with a letter or digit; an empty name is refused")
     p.add_argument("--quiet", action="store_true", help="no console output (log.txt still written)")
     return p.parse_args(argv)
 

@@ -28,9 +28,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from src.data import LABEL_COLUMNS, read_labels
+from src.data import LABEL_COLUMNS, read_csv, read_folds, read_labels
 from src.errors import UserError, cli
 from src.features.aggregate import EncoderAccumulator, load_array, write_features
+from src.fingerprint import hash_files
 from src.io import write_csv, write_json, write_text
 from src.labels import strip_extension
 
@@ -41,7 +42,10 @@ SPLIT_DIR = re.compile(r"^(?P<enc>.+?)[_-](?P<split>train|test)$", re.I)
 STATIC = re.compile(r"^(?P<enc>.+?)_static_features\.npz$", re.I)
 CLIP_SUFFIXES = (".npy", ".npz", ".csv")
 OPENFACE_SCALARS = ("emotion_index", "gaze_yaw", "gaze_pitch")  # + the `action_units` list: 11 values a frame
-MANIFEST = "prepare.json"  # per-encoder figures of the last prepare, for the table when an encoder is skipped
+# Per encoder: the last prepare's figures (for the table when it is skipped) and where it came from (the
+# download folder, each input file's size and content hash, and the features file written).
+MANIFEST = "prepare.json"
+RECORD = {"source", "train", "test", "missing", "ignored", "frames", "raw_width", "stored_width", "inputs", "output"}
 
 
 @dataclass
@@ -110,19 +114,6 @@ def scan(root: Path) -> Download:
                     find_one(template, "submission template", root, required=False), series, folders, static, stray)
 
 
-def read_meta(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None
-    if "filename" not in frame.columns:
-        raise UserError(f"{path}: missing column 'filename' (has: {', '.join(frame.columns)})")
-    dup = frame["filename"].map(lambda f: strip_extension(f).lower()).duplicated()
-    if dup.any():
-        raise UserError(f"{path}: duplicate file name '{frame['filename'][dup].iloc[0]}'")
-    return frame
-
-
 def read_template(path: Path | None) -> str | None:
     """The template's JSON text (from the .json, or the one .json inside the CodaBench .zip)."""
     if path is None:
@@ -146,17 +137,18 @@ def read_template(path: Path | None) -> str | None:
 
 def metadata(dl: Download):
     """(train frame, test frame with names spelled as the template's, test labels frame or None, template text)."""
-    train = read_meta(dl.train_meta)
-    if "fold" not in train.columns:
-        raise UserError(f"{dl.train_meta}: missing column 'fold' (has: {', '.join(train.columns)})")
-    bad = [v for v in train["fold"] if not re.fullmatch(r"\s*-?\d+(\.0*)?\s*", v)]
-    if bad:
-        raise UserError(f"{dl.train_meta}: fold value {bad[0]!r} is not an integer")
-    train["fold"] = train["fold"].map(lambda v: str(int(float(v))))
+    # Clip names are matched to files case-insensitively, so names differing only in case are duplicates.
+    train = read_csv(dl.train_meta, ("filename", "fold"), fold_case=True)
+    # An integer column that once held a NaN is written by pandas as floats (2.0): taken here, written as 2.
+    train["fold"] = train["fold"].str.replace(r"^(-?[0-9]+)\.0+$", r"\1", regex=True)
+    train["fold"] = read_folds(train, dl.train_meta).astype(str)
     read_labels(train, dl.train_meta)  # fail here, with the row named, rather than in every experiment
     train = train.sort_values("filename", kind="stable", ignore_index=True)
 
-    test = read_meta(dl.test_meta)
+    test = read_csv(dl.test_meta, ("filename",), fold_case=True)
+    has_labels = all(c in test.columns for c in LABEL_COLUMNS) and (test["emotion_1"].str.strip() != "").all()
+    if has_labels:
+        read_labels(test, dl.test_meta)  # before renaming and sorting, so a message names the file's own row
     text = read_template(dl.template)
     if text is None:
         names = [f if strip_extension(f) != f else f"{f}.mov" for f in test["filename"]]
@@ -168,22 +160,12 @@ def metadata(dl: Download):
                             f"({len(absent)} such clips)")
         names = [spelled[strip_extension(f).lower()] for f in test["filename"]]
     test = test.assign(filename=names).sort_values("filename", kind="stable", ignore_index=True)
-    labels = None
-    if all(c in test.columns for c in LABEL_COLUMNS) and (test["emotion_1"].str.strip() != "").all():
-        read_labels(test, dl.test_meta)
-        labels = test
-    return train, test[["filename"]], labels, text
+    return train, test[["filename"]], test if has_labels else None, text
 
 
 def read_openface(path: Path) -> np.ndarray | None:
     """An OpenFace CSV -> float [T, 11] (3 scalars + the 8 action units), frames with NaN dropped; None if none left."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot parse CSV ({str(err).splitlines()[0]})") from None
-    for col in OPENFACE_SCALARS + ("action_units",):
-        if col not in frame.columns:
-            raise UserError(f"{path}: missing column '{col}' (has: {', '.join(frame.columns)})")
+    frame = read_csv(path, OPENFACE_SCALARS + ("action_units",), key=None, allow_empty=True)
     scalars = []
     for col in OPENFACE_SCALARS:
         text = frame[col].str.strip()
@@ -210,6 +192,11 @@ def read_openface(path: Path) -> np.ndarray | None:
     n_units = lengths.pop() if lengths else 0
     units = np.array([u if u is not None else [np.nan] * n_units for u in units], dtype=np.float64).reshape(len(frame), n_units)
     values = np.concatenate([np.stack(scalars, 1).reshape(len(frame), -1), units], axis=1)
+    beyond = np.isfinite(values) & (np.abs(values) > np.finfo(np.float32).max)  # features are stored as float32
+    if beyond.any():
+        row, col = map(int, np.argwhere(beyond)[0])
+        name = OPENFACE_SCALARS[col] if col < len(OPENFACE_SCALARS) else "action_units"
+        raise UserError(f"{path}: row {row + 1}, column '{name}': {values[row, col]:.3g} is beyond float32's range")
     values = values[np.isfinite(values).all(1)]
     return values if len(values) else None
 
@@ -272,6 +259,8 @@ def prepare_static(enc: str, files: list[Path], clips: Clips, allow_missing: boo
                 block, names = z["X"], z["filenames"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise UserError(f"{f}: unreadable or not an (X, filenames) file ({str(err).splitlines()[0]})") from None
+        if block.dtype.kind not in "iuf":
+            raise UserError(f"{f}: X of {block.dtype}, expected real numbers (int or float)")
         if block.ndim != 2 or len(block) != len(names) or (width is not None and block.shape[1] != width):
             raise UserError(f"{f}: X {block.shape} and filenames {names.shape} do not fit [N, D], [N] "
                             f"(width {width} in the other files)")
@@ -287,16 +276,79 @@ def prepare_static(enc: str, files: list[Path], clips: Clips, allow_missing: boo
     if missing and not allow_missing:
         raise UserError(f"encoder '{enc}': {len(missing)} clips absent from {files[0].name} (e.g. "
                         f"{', '.join(clips.names[i] for i in missing[:3])}); pass --allow-missing")
-    if not np.isfinite(np.asarray(X)).all():
-        raise UserError(f"encoder '{enc}': NaN/inf values in {files[0].name}")
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf, reported just below
+        X = np.asarray(X, np.float32)
+    if not np.isfinite(X).all():
+        raise UserError(f"encoder '{enc}': NaN/inf values (in float32) in {files[0].name}")
     figures = {"source": "static npz", "train": sum(i < clips.n_train for i in pos),
                "test": sum(i >= clips.n_train for i in pos), "missing": len(missing), "ignored": ignored,
                "frames": None, "raw_width": int(width), "stored_width": int(width)}
-    return np.asarray(X, np.float32), [clips.names[i] for i in pos], figures
+    return X, [clips.names[i] for i in pos], figures
 
 
-def newest(paths) -> float:
-    return max(Path(p).stat().st_mtime for p in paths)
+def read_manifest(path: Path) -> dict:
+    """The last prepare's {encoder: record}; an unreadable or foreign file is ignored with a warning line."""
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):  # a UnicodeDecodeError is a ValueError too
+        old = None
+    if not isinstance(old, dict) or not all(isinstance(v, dict) for v in old.values()):
+        print(f"warning: {path}: not the JSON object prepare writes (corrupt or replaced); ignored: the encoders "
+              "are imported again", file=sys.stderr)
+        return {}
+    return old
+
+
+def sources(download: Path, paths: list[Path]) -> dict:
+    """Where an encoder comes from: the download folder, and each input file's size and content hash.
+
+    Hashes are cached by (path, size, modification time) as src.fingerprint does: a rerun reads no file again.
+    """
+    paths = sorted(set(paths))
+    return {"download": str(download.resolve()),
+            "files": {str(p.relative_to(download)): {"size": p.stat().st_size, "sha256": h}
+                      for p, h in zip(paths, hash_files(paths))}}
+
+
+def output_record(path: Path) -> dict:
+    """The features file as written: its size and content hash."""
+    return {"size": path.stat().st_size, "sha256": hash_files([path])[0]}
+
+
+def stale(prev: dict | None, inputs: dict, target: Path, allow_missing: bool) -> str | None:
+    """Why an encoder must be imported again (None: up to date). Decided by content, not modification times."""
+    if not prev:
+        return "not prepared before"
+    if not (RECORD <= prev.keys() and isinstance(prev["inputs"], dict)):
+        return f"its record in {MANIFEST} is incomplete"
+    if prev["inputs"].get("download") != inputs["download"]:
+        return f"prepared from another download ({prev['inputs'].get('download')})"
+    old, new = prev["inputs"].get("files", {}), inputs["files"]
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        return f"{len(changed)} input files added, removed or changed (e.g. {changed[0]})"
+    if not target.is_file():
+        return f"{target} is missing"
+    if prev["output"] != output_record(target):
+        return f"{target.name} changed since it was written"
+    if prev["missing"] != 0 and not allow_missing:
+        return "clips were missing"
+    return None
+
+
+def warn_leftovers(old: dict, meta: dict, chosen: list[str], out: Path) -> None:
+    """One warning line for the features files this run keeps (encoders not chosen) that other metadata made."""
+    def matches(record: dict) -> bool:
+        inputs = record.get("inputs")
+        return isinstance(inputs, dict) and inputs.get("download") == meta["download"] and \
+            all(inputs.get("files", {}).get(k) == v for k, v in meta["files"].items())
+    kept = [p.stem for p in (out / "features").glob("*.npz") if p.stem not in chosen]
+    left = sorted(enc for enc in kept if not matches(old.get(enc, {})))
+    if left:
+        print(f"warning: {out / 'features'}: {', '.join(left)} kept as they are, though not prepared from this "
+              "download's metadata; prepare them too (--encoders) or delete them", file=sys.stderr)
 
 
 def show(console: Console, figures: dict, out: Path) -> None:
@@ -340,8 +392,8 @@ def prepare(download: Path, out: Path, encoders: list[str] | None = None, allow_
                       + (f" ({dl.stray[enc]} other files ignored)" if dl.stray.get(enc) else ""))
 
     meta_inputs = [dl.train_meta, dl.test_meta] + ([dl.template] if dl.template else [])
-    manifest_path = out / MANIFEST
-    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    old = read_manifest(out / MANIFEST)
+    warn_leftovers(old, sources(download, meta_inputs), chosen, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.prepare-", dir=out.parent))
     figures = {}
@@ -350,31 +402,38 @@ def prepare(download: Path, out: Path, encoders: list[str] | None = None, allow_
                       console=console) as progress:
             for enc in chosen:
                 target = out / "features" / f"{enc}.npz"
-                inputs = meta_inputs + dl.folders.get(enc, []) + list(dl.series.get(enc, {}).values()) + dl.static.get(enc, [])
-                prev = old.get(enc)
-                if (prev and target.is_file() and target.stat().st_mtime > newest(inputs)
-                        and (prev["missing"] == 0 or allow_missing)):
-                    figures[enc] = {**prev, "skipped": True}
+                inputs = sources(download, meta_inputs + list(dl.series.get(enc, {}).values()) + dl.static.get(enc, []))
+                why = stale(old.get(enc), inputs, target, allow_missing)
+                if why is None:
+                    figures[enc] = {**old[enc], "skipped": True}
                     continue
+                if enc in old:
+                    console.print(f"  {enc}: importing again: {why}")
                 if enc in dl.series:
                     X, names, figures[enc] = prepare_series(enc, dl.series[enc], clips, allow_missing, progress)
                 else:
                     X, names, figures[enc] = prepare_static(enc, dl.static[enc], clips, allow_missing)
                 write_features(stage / "features" / f"{enc}.npz", names, X)
+                figures[enc]["inputs"] = inputs
         write_csv(stage / "train_metadata.csv", train)
         write_csv(stage / "test_metadata.csv", test)
         if test_labels is not None:  # read only by the scorer, after predictions are written
             write_csv(stage / "test_labels.csv", test_labels)
         if template is not None:
             write_text(stage / "submission_template.json", template)
-        write_json(stage / MANIFEST, {**{k: v for k, v in old.items() if k not in figures},
-                                      **{k: {x: y for x, y in v.items() if x != "skipped"} for k, v in figures.items()}})
         for path in sorted(p for p in stage.rglob("*") if p.is_file()):
             target = out / path.relative_to(stage)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    # Written last: until it is, the previous manifest's records no longer match and a rerun imports again.
+    # The features files are hashed where they now lie, so the hash cache serves the next run.
+    for enc, f in figures.items():
+        if not f.get("skipped"):
+            f["output"] = output_record(out / "features" / f"{enc}.npz")
+    write_json(out / MANIFEST, {**{k: v for k, v in old.items() if k not in figures},
+                                **{k: {x: y for x, y in v.items() if x != "skipped"} for k, v in figures.items()}})
     show(console, figures, out)
     if any(f["missing"] for f in figures.values()):
         console.print("clips are missing from some encoders: run experiments with --set data.allow_missing=true "

@@ -5,13 +5,15 @@ prints {"acc_presence": .., "acc_salience": .., "score": .., "n": .., "n_blend":
 
 Whatever the official scorer scores is scored here the same way (BLEMORE.md, "The metric"): presence
 compares emotion sets, salience compares {emotion: round(salience)} maps on true blends, for any entry
-list, legal or not (60/40, 0.7/0.3, a repeated emotion, neutral in a blend). Such entries get one warning
-line on stderr; our own writer never produces them. Errors are kept for what the official code cannot
-score: not JSON, no `predictions` mapping, malformed entries, keys that differ from the labels'.
+list, legal or not (60/40, 0.7/0.3, a repeated emotion, neutral in a blend; a NaN or infinite salience
+matches no true salience). Such entries get one warning line on stderr; our own writer never produces
+them. Errors are kept for what the official code cannot score: not JSON, no `predictions` mapping,
+malformed entries, keys that differ from the labels'.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 import zipfile
 from pathlib import Path
@@ -22,7 +24,6 @@ if __package__ in (None, ""):  # run as a file: make `src` importable, under the
     use_venv()
 
 import numpy as np
-import pandas as pd
 
 from src.errors import UserError, cli
 from src.labels import CONFIGS, IS_BLEND, config_index, strip_extension
@@ -46,10 +47,19 @@ def _json_text(path: Path) -> str:
 def _entries(key, value, path: Path) -> list[tuple[str, float]]:
     """One prediction -> [(emotion, salience)], as the official code reads it; malformed -> UserError."""
     try:
-        return [(str(e["emotion"]), float(e["salience"])) for e in value]
+        return [(str(e["emotion"]), _salience(e["salience"])) for e in value]
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: entry '{key}' is not a list of {{\"emotion\", \"salience\": number}} "
                         f"objects: {json.dumps(value)[:80]}") from None
+
+
+def _salience(value) -> float:
+    """A submitted salience as a float; an integer too large for one (JSON allows any length) is +-inf, which
+    like the integer itself matches no true salience."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def read_submission(path: Path) -> dict:
@@ -66,8 +76,8 @@ def read_submission(path: Path) -> dict:
             raise UserError(f"{path}: expected a JSON object with a 'predictions' mapping")
         items = list(preds["predictions"].items())
     elif path.suffix == ".csv":
-        from src.data import _read_csv
-        frame = _read_csv(path, ("filename", "emotion_1", "salience_1", "emotion_2", "salience_2"))
+        from src.data import read_csv
+        frame = read_csv(path, ("filename", "emotion_1", "salience_1", "emotion_2", "salience_2"))
         items = [(r.filename, [{"emotion": r.emotion_1, "salience": r.salience_1}]
                   + ([{"emotion": r.emotion_2, "salience": r.salience_2}] if r.emotion_2 else []))
                  for r in frame.itertuples()]
@@ -81,9 +91,9 @@ def read_submission(path: Path) -> dict:
 
 def read_label_file(path: Path) -> dict:
     """clip key -> true configuration index, from a labels CSV (filename + label columns)."""
-    from src.data import _read_csv, read_labels
+    from src.data import read_csv, read_labels
 
-    frame = _read_csv(Path(path), ("filename",))
+    frame = read_csv(Path(path), ("filename",))
     return dict(zip(map(strip_extension, frame["filename"]), read_labels(frame, Path(path))))
 
 
@@ -104,8 +114,14 @@ def official_hits(entries, true: int) -> tuple[bool, bool]:
     truth = CONFIGS[true]
     presence = {e for e, _ in entries} == {e for e, _ in truth}
     salience = bool(IS_BLEND[true]) and len(entries) == 2 and \
-        {e: round(s) for e, s in entries} == {e: round(s) for e, s in truth}
+        {e: official_round(s) for e, s in entries} == {e: official_round(s) for e, s in truth}
     return presence, salience
+
+
+def official_round(salience: float):
+    """round(salience) for the salience comparison; a NaN or infinite salience is kept as it is, so it matches
+    no true salience (Python's round() would raise on it)."""
+    return round(salience) if math.isfinite(salience) else salience
 
 
 def score_maps(pred: dict, true: dict, what: str = "submission") -> dict:

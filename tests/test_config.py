@@ -1,4 +1,6 @@
 """Config schema: every experiment resolves; unknown keys and wrong types are errors."""
+import re
+
 import pytest
 
 from src import config
@@ -67,3 +69,20 @@ def test_top_n_keeps_its_meaning_for_any_encoder_count():
     assert "6 of 7 encoders" in config.describe_top_n(model, 7)
     assert "selection selects nothing" in config.describe_top_n(config.Model(name="fusion", top_n=6), 6)
     assert "selects nothing" not in config.describe_top_n(config.Model(name="fusion", top_n="all"), 6)
+
+
+@pytest.mark.parametrize("sets", [["train=abc", "train.epochs=5"], ["train.epochs=5", "train=abc"],
+                                  ["train={epochs: 3}", "train.lr=0.1"], ["model.top_n=2", "model=fusion"]])
+def test_a_value_and_a_key_under_it_is_an_error_in_either_order(sets):
+    """Merged one way or the other, the result would depend on the order of the flags."""
+    outer = sets[0].split("=")[0].split(".")[0]
+    with pytest.raises(UserError, match=rf"^--set '{re.escape(sets[0])}' and --set '{re.escape(sets[1])}': "
+                                        rf"'{outer}' cannot take both a value and keys under it; keep one of them$"):
+        config.parse_set(sets)
+    with pytest.raises(UserError, match="cannot take both a value and keys under it"):
+        config.load(resolve("exp010"), sets)
+
+
+def test_set_keeps_siblings_and_the_last_of_repeated_keys():
+    assert config.parse_set(["train.epochs=5", "train.lr=0.1", "train.epochs=6", "model.top_n=2"]) == \
+        {"train": {"epochs": 6, "lr": 0.1}, "model": {"top_n": 2}}

@@ -58,11 +58,18 @@ BREAKS = {
     "missing filename column": (lambda r: edit_csv(r / "test_metadata.csv", lambda f: f.rename(columns={"filename": "name"})),
                                 "missing column 'filename'"),
     "non-integer fold": (lambda r: edit_csv(r / "train_metadata.csv", set_cell("fold", 3, "two")),
-                         "fold value 'two' is not an integer"),
+                         "train_metadata.csv: row 4, column 'fold': 'two' is not a plain integer"),
     "actor in two folds": (lambda r: edit_csv(r / "train_metadata.csv",
                                               set_cell("fold", 0, "9")), "appears in several folds"),
-    "duplicate file names": (lambda r: edit_csv(r / "train_metadata.csv",
-                                                lambda f: pd.concat([f, f.iloc[:1]])), "duplicate file names"),
+    "duplicate file names": (lambda r: edit_csv(r / "train_metadata.csv", lambda f: pd.concat([f, f.iloc[:1]])),
+                             "duplicate file names, e.g. 'A114_ang_int1_ver1' in rows 1 and "),
+    "test metadata is a folder": (lambda r: ((r / "test_metadata.csv").unlink(), (r / "test_metadata.csv").mkdir()),
+                                  "test_metadata.csv: is a folder, not a CSV file"),
+    "blank second salience": (lambda r: edit_csv(r / "train_metadata.csv", set_cell("emotion_2_salience", 24, "")),
+                              "row 25 ('A114_mix_ang_hap_70_30_ver1'), column 'emotion_2_salience': blank although "
+                              "emotion_2 is 'hap'"),
+    "salience not a number": (lambda r: edit_csv(r / "train_metadata.csv", set_cell("emotion_1_salience", 24, "70%")),
+                              "row 25 ('A114_mix_ang_hap_70_30_ver1'), column 'emotion_1_salience': '70%' is not a number"),
     "unknown emotion": (lambda r: edit_csv(r / "train_metadata.csv", set_cell("emotion_1", 0, "joy")),
                         "unknown emotion code 'joy'"),
     "bad salience": (lambda r: edit_csv(r / "train_metadata.csv", lambda f: f.assign(
@@ -105,6 +112,15 @@ def test_validation_errors(make_dataset, case):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         data.load(root)
     assert "\n" not in str(err.value)
+
+
+def test_one_csv_reader():
+    """Metadata, labels, encoders.csv, OpenFace frames and CSV submissions are all read by data.read_csv."""
+    import inspect
+    from src import prepare, score
+    assert inspect.getsource(data).count("pd.read_csv(") == 1 and not hasattr(data, "_read_csv")
+    for module in (prepare, score):
+        assert "pd.read_csv(" not in inspect.getsource(module) and "read_csv(" in inspect.getsource(module)
 
 
 def test_missing_folder_and_unknown_encoder(tmp_path, shared_dataset):

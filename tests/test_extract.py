@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 
-from conftest import output_dir
+from conftest import SUBPROCESS_ENV, output_dir
 from src.bench_extract import TINY_VIDEO_MODEL, write_clip, write_tiny_wavlm
 from src.features import extract_audio, extract_video
 from src.features.aggregate import aggregate
@@ -216,7 +216,7 @@ def test_extracted_features_run_through_the_pipeline(wavlm, tmp_path):
     video(videos, dataset / "features" / "video_tiny.npz", "--fps", 4)
     audio(videos, wavlm, dataset / "features" / "audio_tiny.npz")
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # outputs go to the session's tmp output root (conftest)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **SUBPROCESS_ENV}  # float32 as on an AVX2 CPU; outputs under conftest's root
     run = subprocess.run([sys.executable, "-m", "src.experiments", "exp010", "--smoke", "--input", str(dataset)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -80,6 +80,15 @@ def fold_map(mapping):
                                  lambda f: f.assign(fold=f["fold"].map(lambda v: str(mapping.get(int(v), v)))))
 
 
+def set_cell(name, row, column, value):
+    """Rewrite one cell of a dataset CSV; row 0 is the first row under the header."""
+    def fn(root):
+        frame = pd.read_csv(root / name, dtype=str, keep_default_na=False)
+        frame.loc[row, column] = value
+        frame.to_csv(root / name, index=False)
+    return fn
+
+
 def header_only(name, drop_template=False):
     def fn(root):
         (root / name).write_text((root / name).read_text().splitlines()[0] + "\n")
@@ -131,6 +140,12 @@ BEFORE_TRAINING = {
     "coral_weight_negative": ("exp040", None, ["adapt.coral_weight=-1"], "adapt.coral_weight: -1 is below the minimum 0"),
     "encoder_listed_twice": ("exp020", None, ["data.encoders=[wavlm, wavlm]"], "data.encoders: wavlm listed more than once"),
     "set_without_value": ("exp020", None, ["train.epochs"], "--set 'train.epochs': expected key.path=value"),
+    "set_section_then_key": ("exp010", None, ["train=abc", "train.epochs=5"],
+                             "error: --set 'train=abc' and --set 'train.epochs=5': 'train' cannot take both a value "
+                             "and keys under it; keep one of them"),
+    "set_key_then_section": ("exp010", None, ["train.epochs=5", "train=abc"],
+                             "error: --set 'train.epochs=5' and --set 'train=abc': 'train' cannot take both a value "
+                             "and keys under it; keep one of them"),
     # feature files
     "npz_zero_bytes": ("exp020", lambda r: npz(r).write_bytes(b""), [], "wavlm.npz: empty file (0 bytes)"),
     "npz_truncated": ("exp020", lambda r: npz(r).write_bytes(npz(r).read_bytes()[:200]), [],
@@ -151,6 +166,38 @@ BEFORE_TRAINING = {
     "fold_negative": ("exp020", fold_map({0: -1}), [], "fold values must be 0..K-1 with none skipped, found [-1, 1, 2]"),
     "fold_skipped": ("exp020", fold_map({2: 5}), [], "fold values must be 0..K-1 with none skipped, found [0, 1, 5]"),
     "single_fold": ("exp020", fold_map({1: 0, 2: 0}), [], "train_metadata.csv: needs at least 2 folds"),
+    # a fold id is a plain integer: ASCII digits 0-9 with an optional leading '-' (at most 18), nothing else
+    "fold_superscript": ("exp020", set_cell("train_metadata.csv", 0, "fold", "²"), [],
+                         "train_metadata.csv: row 1, column 'fold': '²' is not a plain integer (ASCII digits 0-9, "
+                         "an optional leading '-', nothing else)"),
+    "fold_30_digits": ("exp020", set_cell("train_metadata.csv", 0, "fold", "1" * 30), [],
+                       f"train_metadata.csv: row 1, column 'fold': '{'1' * 30}' is not a plain integer"),
+    "fold_decimal": ("exp020", set_cell("train_metadata.csv", 2, "fold", "1.5"), [],
+                     "train_metadata.csv: row 3, column 'fold': '1.5' is not a plain integer"),
+    "fold_float_zero": ("exp020", set_cell("train_metadata.csv", 2, "fold", "1.0"), [],
+                        "train_metadata.csv: row 3, column 'fold': '1.0' is not a plain integer"),
+    "fold_leading_space": ("exp020", set_cell("train_metadata.csv", 0, "fold", " 1"), [],
+                           "train_metadata.csv: row 1, column 'fold': ' 1' is not a plain integer"),
+    "fold_plus_sign": ("exp020", set_cell("train_metadata.csv", 0, "fold", "+1"), [],
+                       "train_metadata.csv: row 1, column 'fold': '+1' is not a plain integer"),
+    "fold_arabic_digit": ("exp020", set_cell("train_metadata.csv", 0, "fold", "\u0661"), [],
+                          "train_metadata.csv: row 1, column 'fold': '\u0661' is not a plain integer"),
+    # non-finite saliences: the row (1 = first under the header), its clip and the column are named
+    "train_salience_inf": ("exp020", set_cell("train_metadata.csv", 24, "emotion_1_salience", "inf"), [],
+                           "train_metadata.csv: row 25 ('A114_mix_ang_hap_70_30_ver1'), column 'emotion_1_salience': "
+                           "salience 'inf' is not a finite number"),
+    "train_salience_nan": ("exp020", set_cell("train_metadata.csv", 24, "emotion_2_salience", "nan"), [],
+                           "train_metadata.csv: row 25 ('A114_mix_ang_hap_70_30_ver1'), column 'emotion_2_salience': "
+                           "salience 'nan' is not a finite number"),
+    "train_salience_minus_inf_single": ("exp020", set_cell("train_metadata.csv", 0, "emotion_1_salience", "-inf"), [],
+                                        "train_metadata.csv: row 1 ('A114_ang_int1_ver1'), column 'emotion_1_salience': "
+                                        "salience '-inf' is not a finite number"),
+    "test_labels_salience_inf": ("exp020", set_cell("test_labels.csv", 0, "emotion_2_salience", "inf"), [],
+                                 "test_labels.csv: row 1 ('test_0001.mov'), column 'emotion_2_salience': "
+                                 "salience 'inf' is not a finite number"),
+    "test_labels_salience_nan": ("exp020", set_cell("test_labels.csv", 1, "emotion_1_salience", "NaN"), [],
+                                 "test_labels.csv: row 2 ('test_0002.mov'), column 'emotion_1_salience': "
+                                 "salience 'NaN' is not a finite number"),
     "train_metadata_header_only": ("exp020", header_only("train_metadata.csv"), [], "train_metadata.csv: no rows"),
     "test_metadata_header_only": ("exp020", header_only("test_metadata.csv"), [], "test_metadata.csv: no rows"),
     "test_metadata_header_only_no_template": ("exp020", header_only("test_metadata.csv", True), [], "test_metadata.csv: no rows"),
@@ -161,7 +208,7 @@ BEFORE_TRAINING = {
                            "(saliences are percentages"),
     "test_labels_header_only": ("exp020", header_only("test_labels.csv"), [], "test_labels.csv: no rows"),
     "test_labels_unknown_emotion": ("exp020", lambda r: edit_csv(r / "test_labels.csv", lambda f: f.assign(emotion_1="joy")), [],
-                                    "test_labels.csv: row for 'test_0001.mov': unknown emotion code 'joy'"),
+                                    "test_labels.csv: row 1 ('test_0001.mov'): unknown emotion code 'joy'"),
     "test_labels_missing_clip": ("exp020", lambda r: edit_csv(r / "test_labels.csv", lambda f: f.iloc[1:]), [],
                                  "test_labels.csv: 1 test clips have no label"),
     "test_labels_zero_bytes": ("exp020", lambda r: (r / "test_labels.csv").write_bytes(b""), [],
@@ -180,6 +227,28 @@ def test_bad_input_fails_before_training(case, make_dataset, capsys):
     assert message in err, err
     assert not re.search(r"np\.(int|float|str_)", err) and "--set: --set" not in err and "allow_pickle" not in err
     assert_nothing_written(exp, root)
+
+
+def test_conflicting_sets_through_the_command_line(make_dataset):
+    """As `bash run.sh exp010 --set train=abc --set train.epochs=5` runs it."""
+    root = make_dataset()
+    proc = run_cli("src.experiments", "exp010", "--input", root, "--quiet", "--set", "train=abc", "--set",
+                   "train.epochs=5", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --set 'train=abc' and --set 'train.epochs=5': " \
+        "'train' cannot take both a value and keys under it; keep one of them", proc.stderr
+    assert_nothing_written("exp010", root)
+
+
+def test_empty_name_is_refused(make_dataset, capsys):
+    root = make_dataset()
+    run_inproc("exp000", root, "--name", "")
+    assert one_line_error(capsys) == "error: --name '': empty; give a name (letters, digits and . _ + = -) or leave " \
+        "--name out for the automatic one"
+    assert_nothing_written("exp000", root)
+    from src.pipeline import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "an empty name is refused" in " ".join(capsys.readouterr().out.split())  # the help says so
 
 
 def test_salience_fractions_are_shown_as_typed(make_dataset, capsys):
@@ -366,6 +435,41 @@ def test_score_counts_what_the_official_scorer_counts(case, tmp_path):
     assert warning.startswith("warning: ") and "\n" not in warning and "1 of 5 entries are not one of the 36" in warning
 
 
+# case id -> a prediction with a NaN or infinite salience (JSON's NaN / Infinity, as Python's json writes them):
+# the official scorer compares {emotion: round(salience)} maps, and a non-finite salience equals no true one,
+# so the blend's salience is wrong, while presence compares emotion sets only and stays right.
+NON_FINITE = {
+    "score_salience_inf": {"c1": [("ang", float("inf")), ("hap", 30)]},
+    "score_salience_nan": {"c3": [("fea", float("nan")), ("sad", float("nan"))]},
+    "score_salience_minus_inf": {"c4": [("ang", 30), ("disg", float("-inf"))]},
+    "score_salience_huge_integer": {"c1": [("ang", 10 ** 400), ("hap", 30)]},  # too large for a float
+}
+
+
+@pytest.mark.parametrize("case", sorted(NON_FINITE))
+def test_score_non_finite_saliences_match_nothing(case, tmp_path):
+    """Hand-checked: 5 clips, 3 true blends; the one blend with a non-finite salience loses its salience credit."""
+    preds = {**LABELS, **NON_FINITE[case]}
+    proc = run_script("src/score.py", write_json(tmp_path, preds), write_labels(tmp_path / "labels.csv"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"acc_presence": 1.0, "acc_salience": 2 / 3, "score": (1 + 2 / 3) / 2,
+                                       "n": 5, "n_blend": 3}
+    warning = proc.stderr.strip()
+    assert warning.startswith("warning: ") and "\n" not in warning and "1 of 5 entries are not one of the 36" in warning
+    assert re.search(r" -?(inf|nan)[,\]]", warning), warning  # the entry as read
+
+
+def test_score_non_finite_single_and_csv_submission(tmp_path):
+    """A single keeps its presence whatever its salience; the CSV submission reads 'inf' the same way."""
+    rows = [{"filename": k + ".mov", "emotion_1": v[0][0], "salience_1": v[0][1],
+             "emotion_2": v[1][0] if len(v) > 1 else "", "salience_2": v[1][1] if len(v) > 1 else ""}
+            for k, v in {**LABELS, "c2": [("sad", "-inf")], "c1": [("ang", "inf"), ("hap", 30)]}.items()]
+    pd.DataFrame(rows).to_csv(tmp_path / "pred.csv", index=False)
+    proc = run_script("src/score.py", tmp_path / "pred.csv", write_labels(tmp_path / "labels.csv"))
+    assert proc.returncode == 0 and "2 of 5 entries are not one of the 36" in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["acc_presence"] == 1.0 and json.loads(proc.stdout)["acc_salience"] == 2 / 3
+
+
 def test_score_official_cases_expected_values(tmp_path):
     """Hand-checked: 0.7/0.3 rounds to 1/0 and fails salience; 69.6/30.4 is 70/30; sad+sad matches a sad single."""
     preds = {"c1": [("ang", 0.7), ("hap", 0.3)], "c2": [("sad", 50), ("sad", 50)], "c3": [("fea", 50), ("sad", 50)],
@@ -498,7 +602,8 @@ def test_readme_lists_every_bad_input_case():
     text = (ROOT / "README.md").read_text()
     section = text.split("### Bad input", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     listed = re.findall(r"`([^`]+)`", section)  # the section backticks case ids only
-    cases = set(BEFORE_TRAINING) | set(OFFICIAL_ONLY) | set(SCORE_ERRORS) | set(SYNTH_ERRORS) | UNWRITABLE | DOCUMENTED
+    cases = set(BEFORE_TRAINING) | set(OFFICIAL_ONLY) | set(NON_FINITE) | set(SCORE_ERRORS) | set(SYNTH_ERRORS) | \
+        UNWRITABLE | DOCUMENTED
     assert cases - set(listed) == set(), f"cases missing from README: {sorted(cases - set(listed))}"
     assert set(listed) - cases == set(), f"README lists cases no test has: {sorted(set(listed) - cases)}"
     assert len(listed) == len(set(listed))
@@ -507,4 +612,5 @@ def test_readme_lists_every_bad_input_case():
 UNWRITABLE = {"submissions_folder_is_a_file", "output_folder_is_a_file", "submissions_folder_read_only"}
 # behaviours with their own tests above: accepted input, and write failures after the preflight
 DOCUMENTED = {"integer_X", "bytes_filenames", "constant_features", "late_write_failure", "full_disk_submission",
-              "full_disk_checkpoint", "nan_predictions", "zip_submission", "leaderboard_width", "report_figures"}
+              "full_disk_checkpoint", "nan_predictions", "zip_submission", "leaderboard_width", "report_figures",
+              "name_empty", "set_conflict_command_line", "score_non_finite_single_csv"}

@@ -86,16 +86,79 @@ def test_prepare_equals_the_importer(download, out_dir, tmp_path):
             np.testing.assert_array_equal(row, imported[name])
 
 
-def test_rerun_skips_encoders_whose_output_is_newer(download, out_dir):
+def test_rerun_imports_again_only_what_changed(download, out_dir):
+    """Content decides, not modification times: a rewritten clip re-imports its encoder even with an old mtime;
+    a clip touched without change does not."""
     prepare(download, out_dir)
     before = {p.name: p.stat().st_mtime_ns for p in (out_dir / "features").glob("*.npz")}
-    clip = next((download / TRAIN / "WavLM_large_train").glob("A*.npy"))
-    later = before["wavlm_large.npz"] / 1e9 + 5
-    os.utime(clip, (later, later))  # an input newer than its output
+    clip = first(download, "WavLM_large_train")
+    np.save(clip, np.load(clip) + 1)
+    os.utime(clip, (1e9, 1e9))  # 2001: older than everything prepared
+    touched = first(download, "HuBERT_large_train")
+    later = before["hubert_large.npz"] / 1e9 + 5
+    os.utime(touched, (later, later))  # newer than its output, same content
     proc = prepare(download, out_dir)
     after = {p.name: p.stat().st_mtime_ns for p in (out_dir / "features").glob("*.npz")}
     assert [n for n in after if after[n] != before[n]] == ["wavlm_large.npz"]
-    assert proc.stdout.count("skipped") == 5
+    assert proc.stdout.count("skipped") == 5 and "wavlm_large: importing again: 1 input files" in proc.stdout
+    assert np.allclose(features(out_dir, "wavlm_large")[clip.stem], aggregate(np.load(clip)))
+
+
+def older_copy(src, dst):
+    """A copy of a download whose files all carry a 2001 modification time, as after unpacking an archive."""
+    shutil.copytree(src, dst)
+    for p in [dst, *dst.rglob("*")]:
+        os.utime(p, (1e9, 1e9))
+    return dst
+
+
+def test_another_download_with_older_files_is_imported(download, out_dir, tmp_path):
+    prepare(download, out_dir, "--encoders", "hicmae,imagebind")
+    other = older_copy(synth_download.write(tmp_path / "other_src", seed=1), tmp_path / "other")
+    proc = prepare(other, out_dir, "--encoders", "hicmae,imagebind")
+    assert "skipped" not in proc.stdout and proc.stdout.count("importing again: prepared from another download") == 2
+    clip = first(other, "HiCMAE_train")
+    assert np.array_equal(features(out_dir, "hicmae")[clip.stem], np.load(clip))
+    # the same folder, its files replaced by older ones of other content: imported again too
+    shutil.rmtree(other)
+    older_copy(download, other)
+    proc = prepare(other, out_dir, "--encoders", "hicmae,imagebind")
+    assert "skipped" not in proc.stdout and proc.stdout.count("input files added, removed or changed") == 2
+    clip = first(download, "HiCMAE_train")
+    assert np.array_equal(features(out_dir, "hicmae")[clip.stem], np.load(clip))
+    assert json.loads((out_dir / "prepare.json").read_text())["hicmae"]["inputs"]["download"] == str(other.resolve())
+
+
+def test_nan_download_is_rejected_even_when_the_output_looked_up_to_date(download, out_dir, tmp_path):
+    prepare(download, out_dir, "--encoders", "imagebind")
+    kept = (out_dir / "features" / "imagebind.npz").read_bytes()
+    broken = tmp_path / "broken"
+    shutil.copytree(download, broken)
+    np.save(first(broken, "ImageBind_train"), np.full((3, 16), np.nan, np.float32))
+    for p in [broken, *broken.rglob("*")]:
+        os.utime(p, (1e9, 1e9))  # older than the prepared output: "up to date" by modification times
+    proc = prepare(broken, out_dir, "--encoders", "imagebind", check=False)
+    assert proc.returncode == 2 and "NaN/inf values in the series" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (out_dir / "features" / "imagebind.npz").read_bytes() == kept
+
+
+@pytest.mark.parametrize("text", ["{oops", "[1, 2]", '"imagebind"', '{"imagebind": 3}', ""])
+def test_corrupt_manifest_is_ignored_with_a_warning(download, out_dir, text):
+    prepare(download, out_dir, "--encoders", "imagebind")
+    (out_dir / "prepare.json").write_text(text)
+    proc = prepare(download, out_dir, "--encoders", "imagebind")
+    assert proc.stderr.strip() == f"warning: {out_dir / 'prepare.json'}: not the JSON object prepare writes " \
+        "(corrupt or replaced); ignored: the encoders are imported again"
+    assert "skipped" not in proc.stdout
+    assert json.loads((out_dir / "prepare.json").read_text())["imagebind"]["missing"] == 0
+
+
+def test_features_kept_from_other_metadata_are_named(download, out_dir, tmp_path):
+    prepare(download, out_dir, "--encoders", "hicmae,imagebind")
+    other = synth_download.write(tmp_path / "other", seed=1)
+    proc = prepare(other, out_dir, "--encoders", "hicmae")
+    assert proc.returncode == 0 and proc.stderr.strip() == f"warning: {out_dir / 'features'}: imagebind kept as they " \
+        "are, though not prepared from this download's metadata; prepare them too (--encoders) or delete them"
 
 
 def test_allow_missing_keeps_the_rest(download, out_dir):
@@ -138,6 +201,18 @@ def test_organisers_static_features_are_used(download, out_dir, tmp_path):
     assert json.loads((out_dir / "prepare.json").read_text())["imagebind"]["ignored"] == 1
 
 
+@pytest.mark.parametrize("X,message", [(np.full((97, 9), 1e300), "NaN/inf values (in float32) in ImageBind_static"),
+                                       (np.ones((97, 9), np.complex128), "X of complex128, expected real numbers")])
+def test_static_features_beyond_float32_or_complex_are_rejected(download, out_dir, tmp_path, X, message):
+    only = tmp_path / "static_only"
+    shutil.copytree(download / "metadata", only / "meta")
+    names = pd.read_csv(only / "meta" / "train_metadata.csv")["filename"].tolist() + [f"test_{i + 1:04d}.mov" for i in range(24)]
+    np.savez(only / "ImageBind_static_features.npz", X=X[:len(names)], filenames=np.array(names))
+    proc = prepare(only, out_dir, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not out_dir.exists()
+
+
 def corrupt(path, data):
     path.write_bytes(data)
 
@@ -175,7 +250,40 @@ BAD = {
                                                        lambda f: ["test_9999"] + list(f["filename"][1:])),
                                   "test clip 'test_9999' is absent from submission_template.json"),
     "missing clip": (lambda d: first(d, "HiCMAE_train").unlink(), "encoder 'hicmae': 1 train and 0 test clips have no file"),
+    "complex npy": (lambda d: np.save(first(d, "ImageBind_train"), np.ones((3, 16), np.complex64)),
+                    "array of complex64, expected real numbers (int or float)"),
+    "npy beyond float32": (lambda d: np.save(first(d, "ImageBind_train"), np.full((3, 16), 1e300)),
+                           "48 values beyond float32's range (up to 1e+300"),
+    "OpenFace beyond float32": (lambda d: set_column(first(d, "OpenFace_3_train", ".csv"), "gaze_yaw", "1e300"),
+                                "row 1, column 'gaze_yaw': 1e+300 is beyond float32's range"),
+    "train metadata header only": (lambda d: header_only(d / "metadata" / "train_metadata.csv"),
+                                   "train_metadata.csv: no rows (only a header)"),
+    "test metadata header only": (lambda d: header_only(d / "metadata" / "test_metadata.csv"),
+                                  "test_metadata.csv: no rows (only a header)"),
+    "train salience inf": (lambda d: set_cell(d / "metadata" / "train_metadata.csv", "emotion_1_salience", "inf"),
+                           "column 'emotion_1_salience': salience 'inf' is not a finite number"),
+    "test label salience nan": (lambda d: set_cell(d / "metadata" / "test_metadata.csv", "emotion_2_salience", "nan"),
+                                "column 'emotion_2_salience': salience 'nan' is not a finite number"),
+    "fold superscript": (lambda d: set_cell(d / "metadata" / "train_metadata.csv", "fold", "²", blend=False),
+                         "row 1, column 'fold': '²' is not a plain integer"),
+    "fold 30 digits": (lambda d: set_cell(d / "metadata" / "train_metadata.csv", "fold", "9" * 30, blend=False),
+                       "is not a plain integer"),
+    "duplicate clip ignoring case": (lambda d: set_column(d / "metadata" / "test_metadata.csv", "filename",
+                                                          lambda f: [f["filename"][1].upper()] + list(f["filename"][1:])),
+                                     "duplicate file names, e.g. "),
 }
+
+
+def header_only(path):
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+def set_cell(path, column, value, blend=True):
+    """Rewrite one cell: in the first blend row (a row with two emotions), or in the first row."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    row = int(np.flatnonzero(frame["emotion_2"] != "")[0]) if blend else 0
+    frame.loc[row, column] = value
+    frame.to_csv(path, index=False)
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -51,8 +51,14 @@ def load_array(path: Path) -> np.ndarray:
                 loaded = loaded[loaded.files[0]]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"{path}: unreadable or corrupt array ({str(err).splitlines()[0] or type(err).__name__})") from None
-    if not np.issubdtype(loaded.dtype, np.number):
-        raise UserError(f"{path}: array of {loaded.dtype}, expected numbers")
+    if loaded.dtype.kind not in "iuf":  # complex too: casting it would silently drop the imaginary part
+        raise UserError(f"{path}: array of {loaded.dtype}, expected real numbers (int or float)")
+    if loaded.dtype.kind == "f" and loaded.dtype.itemsize > 4:
+        # finite values that become inf as float32; NaN/inf themselves are reported where series are checked
+        beyond = np.isfinite(loaded) & (np.abs(loaded) > np.finfo(np.float32).max)
+        if beyond.any():
+            raise UserError(f"{path}: {int(beyond.sum())} values beyond float32's range (up to "
+                            f"{float(np.abs(loaded[beyond]).max()):.3g}; features are stored as float32); rescale them")
     return loaded
 
 
