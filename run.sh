@@ -4,6 +4,7 @@
 #   bash run.sh prepare DOWNLOAD_DIR [--out input/blemore] [--encoders a,b] [--allow-missing]
 #   bash run.sh predict exp042[@variant] --input DIR     bash run.sh report exp042[@variant] [--input DIR]
 #   bash run.sh ensemble exp040 exp042    bash run.sh leaderboard [--smoke]    bash run.sh score PRED LABELS
+#   bash run.sh compare exp040 exp043 [--input DIR]
 #   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
 #   bash run.sh extract video|audio|egemaps|compare|faces [args]
 #   bash run.sh tune exp042 [--trials N] [--timeout S] [--workers K] [--storage URL] [--study NAME] [--input DIR] [--smoke]
@@ -39,18 +40,26 @@ case "$cmd" in
     install_requirements requirements.txt
     install_requirements requirements-extract.txt
     install_requirements requirements-extract-nodeps.txt --no-deps
+    # paths given (tests/test_x.py, tests/test_x.py::name): only those; otherwise the whole suite
+    for arg in "$@"; do [[ "$arg" == -* ]] || exec "$PY" -m pytest -q "$@"; done
     exec "$PY" -m pytest -q tests "$@" ;;
   bench)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt
     install_requirements requirements-extract-nodeps.txt --no-deps
-    exec "$PY" -m src.bench "$@" ;;
-  ensemble|report|leaderboard|score)
-    install_requirements requirements.txt
-    exec "$PY" "src/$cmd.py" "$@" ;;
-  synth|predict|prepare|tune)
+    exec "$PY" -m tools.bench "$@" ;;
+  ensemble|score|tune)
     install_requirements requirements.txt
     exec "$PY" -m "src.$cmd" "$@" ;;
+  report|leaderboard|compare)
+    install_requirements requirements.txt
+    exec "$PY" -m "src.analysis.$cmd" "$@" ;;
+  synth|prepare)
+    install_requirements requirements.txt
+    exec "$PY" -m "src.data.$cmd" "$@" ;;
+  predict)
+    install_requirements requirements.txt
+    exec "$PY" -m src.run.predict "$@" ;;
   extract)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt
@@ -60,6 +69,6 @@ case "$cmd" in
     exec "$PY" -m "src.features.extract_$kind" "$@" ;;
   exp*)
     install_requirements requirements.txt
-    exec "$PY" -m src.experiments "$cmd" "$@" ;;
+    exec "$PY" -m src.main "$cmd" "$@" ;;
   *) usage ;;
 esac

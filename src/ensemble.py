@@ -16,10 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `src` importable, under the repository's .venv
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from src.venv import use_venv
-    use_venv()
+if __package__ in (None, ""):  # run as a file (python src/ensemble.py): src importable, under .venv
+    import _bootstrap  # noqa: F401
 
 import lightgbm as lgb
 import numpy as np
@@ -29,15 +27,17 @@ from rich.console import Console
 from rich.table import Table
 
 from src import data as data_mod
-from src import decode, results, submission
-from src.config import Decoder
+from src import decode
+from src.decode import submission
+from src.decode.metric import score, trim
+from src.decode.scoring import score_test
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve_run, submissions_root
 from src.io import write_csv, write_text
 from src.labels import EMOTIONS, IS_BLEND, N_CONFIGS, SALIENCE
-from src.metric import score, trim
+from src.run import results
+from src.run.config import Decoder
+from src.run.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve_run, submissions_root
 from src.runlog import Log
-from src.score import score_test
 
 ENSEMBLES = EXP_DIR / "ensembles"
 METHODS = ("lgbm", "weights", "mean")

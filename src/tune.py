@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -20,21 +19,16 @@ import sys
 import warnings
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `src` importable, under the repository's .venv
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from src.venv import use_venv
-    use_venv()
-
 import numpy as np
 import optuna
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from src import config as config_mod
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, all_experiments, display_path, new_experiments_dir, outputs_of, resolve
 from src.io import write_csv, write_json, write_text
+from src.run import config as config_mod
+from src.run.experiments import DEFAULT_INPUT, all_experiments, display_path, new_experiments_dir, outputs_of, resolve
 
 KINDS = ("int", "float", "categorical")
 FRESH_SEED_OFFSET = 1000  # the confirmation rerun uses seed + this, a seed no trial of the study used
@@ -140,7 +134,7 @@ def run_trial(exp_dir: Path, input_dir: Path | None, sets: list[str], smoke: boo
 
     tune.* overrides are left out: they shape the study, not the run, so they must not change its variant.
     """
-    from src.pipeline import run_variant
+    from src.run.pipeline import run_variant
 
     argv = (["--input", str(input_dir)] if input_dir else []) + ["--quiet"] + (["--smoke"] if smoke else [])
     for s in sets:

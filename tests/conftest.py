@@ -18,9 +18,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from src import device, synth  # noqa: E402
-from src.experiments import output_dir as _output_dir, resolve, submissions_root, variant_name  # noqa: E402
-from src.pipeline import parse_args  # noqa: E402
+from src import device  # noqa: E402
+from src.data import synth  # noqa: E402
+from src.run.config import variant_name  # noqa: E402
+from src.run.experiments import output_dir as _output_dir  # noqa: E402
+from src.run.experiments import resolve, submissions_root
+from src.run.pipeline import parse_args  # noqa: E402
 
 # The tests train in float32 (train.precision auto) on every machine, unless a test is about bfloat16: in this
 # process the CPU's bfloat16 flags are hidden from auto (fixture below); subprocesses run with oneDNN capped at
@@ -100,7 +103,7 @@ def run_script(path: str, *args) -> subprocess.CompletedProcess:
 
 def run_exp(exp_id: str, input_dir: Path, *args, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
     """An experiment as `bash run.sh` runs it."""
-    return run_cli("src.experiments", exp_id, "--input", input_dir, "--quiet", *args, check=check, cwd=cwd)
+    return run_cli("src.main", exp_id, "--input", input_dir, "--quiet", *args, check=check, cwd=cwd)
 
 
 def output_dir(exp_id: str, input_dir: Path, *args) -> Path:

@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from src import data
 from src.errors import UserError
 from src.features.aggregate import aggregate
+
+from conftest import run_cli
 
 
 def test_aggregate_blocks_by_hand():

@@ -4,10 +4,11 @@ from itertools import zip_longest
 
 import torch
 
-from conftest import run_cli
 from src import data
-from src.bench import profile_training
 from src.train import inputs, optim, trainer
+from tools.bench import profile_training
+
+from conftest import run_cli
 
 STAGES = lambda: (trainer.dropout_masks, trainer.draw_plan, inputs.StackedInputs.gather, optim.StackedAdam.step,
                   trainer.predict, trainer.projections, trainer.make_loss, torch.autograd.grad)
@@ -36,7 +37,7 @@ def test_bench_on_a_missing_input_folder_fails_without_creating_it(tmp_path):
     """--input names a dataset to read: a missing folder is a one-line error, never generated synthetic data."""
     missing = tmp_path / "no_such_dataset"
     for mode in (["--profile", "exp042"], ["--training", "exp042"]):
-        proc = run_cli("src.bench", *mode, "--input", missing, check=False)
+        proc = run_cli("tools.bench", *mode, "--input", missing, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert "no_such_dataset" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert not missing.exists()

@@ -11,10 +11,9 @@ from conftest import ROOT
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
-@pytest.mark.parametrize("verb, module", [("report", "report.py"), ("leaderboard", "leaderboard.py"),
-                                          ("ensemble", "ensemble.py"), ("score", "score.py"),
-                                          ("synth", "src.synth"), ("predict", "src.predict")])
-def test_every_tool_is_a_run_sh_verb(verb, module):
+@pytest.mark.parametrize("verb", ["report", "leaderboard", "compare", "ensemble", "score", "synth", "predict",
+                                  "prepare", "tune"])
+def test_every_tool_is_a_run_sh_verb(verb):
     if not VENV_PYTHON.exists():
         pytest.skip("no .venv (run.sh would create one)")
     proc = subprocess.run(["bash", str(ROOT / "run.sh"), verb, "--help"], cwd=ROOT, capture_output=True, text=True)
@@ -26,7 +25,7 @@ def test_every_tool_is_a_run_sh_verb(verb, module):
 
 
 def test_a_script_started_by_another_python_reruns_under_the_venv(tmp_path):
-    """`python3 src/leaderboard.py` with a Python that lacks the packages still works (re-exec into .venv)."""
+    """`python3 src/ensemble.py` with a Python that lacks the packages still works (re-exec into .venv)."""
     other = shutil.which("python3", path="/usr/bin:/usr/local/bin")
     if not VENV_PYTHON.exists() or other is None:
         pytest.skip("needs .venv and a second Python")
@@ -34,7 +33,7 @@ def test_a_script_started_by_another_python_reruns_under_the_venv(tmp_path):
     if Path(probe.stdout.strip()).resolve() == (ROOT / ".venv").resolve():
         pytest.skip("python3 on PATH is the venv's")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BLEMORE_VENV_REEXEC")}
-    proc = subprocess.run([other, "src/leaderboard.py", "--input", str(tmp_path / "nothing")], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    # the leaderboard imports pandas and rich: reaching its own one-line error means it ran under the venv
-    assert proc.returncode == 2 and proc.stderr.startswith("error: no experiment or ensemble"), proc.stderr
+    proc = subprocess.run([other, "src/ensemble.py", "exp010", "--input", str(tmp_path / "nothing")], cwd=ROOT,
+                          env=env, capture_output=True, text=True)
+    # the ensemble imports lightgbm, pandas and torch: reaching its own one-line error means it ran under the venv
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "nothing" in proc.stderr, proc.stderr

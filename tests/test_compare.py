@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from src.analysis.compare import compare
+
 from conftest import output_dir, run_cli, run_exp
-from src.compare import compare
 
 
 def test_paired_comparison_and_test_scheme(make_dataset):
@@ -32,7 +33,7 @@ def test_paired_comparison_and_test_scheme(make_dataset):
     assert bs["ci95"][0] <= bs["ci95"][1]
     same = compare(arm["exp040"], arm["exp040"], root, n_boot=50)
     assert same["per_seed"]["oof"]["diff_std"] == 0 and same["bootstrap_oof"]["ci95"] == [0.0, 0.0]
-    proc = run_cli("src.compare", arm["exp040"], arm["exp043"], "--input", root, "--boot", "20")
+    proc = run_cli("src.analysis.compare", arm["exp040"], arm["exp043"], "--input", root, "--boot", "20")
     assert "paired per seed (2 seeds" in proc.stdout and "actor bootstrap" in proc.stdout
-    proc = run_cli("src.compare", arm["exp040"], "exp045", "--input", root, check=False)
+    proc = run_cli("src.analysis.compare", arm["exp040"], "exp045", "--input", root, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: exp045: no outputs")

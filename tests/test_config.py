@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from src import config
 from src.errors import UserError
-from src.experiments import all_experiments, resolve
+from src.run import config
+from src.run.experiments import all_experiments, resolve
 
 
 @pytest.mark.parametrize("exp_dir", all_experiments(), ids=lambda p: p.name)

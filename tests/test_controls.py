@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from src import config, data
-from src.experiments import resolve
+from src import data
 from src.model.fusion import FusionNet
+from src.run import config
+from src.run.experiments import resolve
 from src.train import trainer
 from src.train.trainer import fit_folds, init_model, prediction_draws
 
@@ -114,7 +115,7 @@ def test_arms_at_one_seed_share_batch_order_and_initial_weights(arm, shared_data
 
 
 def test_missing_clips_are_left_out_of_projection_coral_and_cka():
-    from src.cka import cka_matrix
+    from src.analysis.cka import cka_matrix
     from src.train.trainer import projection_coral
     g = torch.Generator().manual_seed(0)
     src_p, tgt_p = torch.randn(20, 3, 4, generator=g), torch.randn(20, 3, 4, generator=g)
@@ -148,9 +149,11 @@ def test_modalities_come_from_the_dataset_file(tmp_path):
 def test_selection_frequency_is_per_seed_then_averaged(tmp_path):
     """Seed 0 keeps encoder 0 on rows 0-1, seed 1 on rows 2-3: 'any seed' would say 100%, per seed says 50%."""
     from types import SimpleNamespace
+
     import pandas as pd
-    from src.results import write_fold
-    from src.report import selection_frequency
+
+    from src.analysis.report import selection_frequency
+    from src.run.results import write_fold
     folds = tmp_path / "runs" / "fp" / "folds"
     g = {0: np.array([[1, 0], [1, 0], [0, 1], [0, 1]], float), 1: np.array([[0, 1], [0, 1], [1, 0], [1, 0]], float)}
     for s, gate in g.items():

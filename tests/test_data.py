@@ -5,9 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import output_dir, run_exp
-from src import data, synth
+from src import data
+from src.data import synth
 from src.errors import UserError
+
+from conftest import output_dir, run_exp
 
 
 def test_synthetic_structure_matches_the_real_data(tmp_path):
@@ -117,9 +119,11 @@ def test_validation_errors(make_dataset, case):
 def test_one_csv_reader():
     """Metadata, labels, encoders.csv, OpenFace frames and CSV submissions are all read by data.read_csv."""
     import inspect
-    from src import prepare, score
+
+    from src.data import prepare
+    from src.decode import scoring
     assert inspect.getsource(data).count("pd.read_csv(") == 1 and not hasattr(data, "_read_csv")
-    for module in (prepare, score):
+    for module in (prepare, scoring):
         assert "pd.read_csv(" not in inspect.getsource(module) and "read_csv(" in inspect.getsource(module)
 
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from src.bench import fit_thresholds_loop
 from src.decode import combine_heads, cross_fit, decode_thresholds, fit_thresholds, threshold_grid
 from src.labels import CONFIGS, SALIENCE
+from tools.bench import fit_thresholds_loop
 
 P = lambda **kw: np.array([[kw.get(e, 0.0) for e in ("ang", "disg", "fea", "hap", "sad", "neu")]])
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import bfloat16, output_dir, run_cli, run_exp
 from src import device
+
+from conftest import bfloat16, output_dir, run_cli, run_exp
 
 CPU = torch.device("cpu")
 
@@ -64,7 +65,7 @@ def test_the_tests_train_in_float32():
 def test_run_records_the_precision_that_ran(shared_dataset):
     """auto on an AVX2-like process: float32 in metrics.json, config.resolved.yaml (part of the fingerprint) and
     the console's first line; an explicit bfloat16 there warns once, in its log, and records bfloat16."""
-    run_cli("src.experiments", "exp030", "--input", shared_dataset, "--smoke")
+    run_cli("src.main", "exp030", "--input", shared_dataset, "--smoke")
     out = output_dir("exp030", shared_dataset, "--smoke")
     assert "precision float32 (auto)" in (out / "log.txt").read_text().splitlines()[0]
     resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())

@@ -9,12 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, output_dir, run_exp, run_script, submissions_dir
-from src import ensemble, synth
+from src import ensemble
+from src.data import synth
 from src.decode import decode_expected
-from src.experiments import EXP_DIR, output_dir as run_output_dir
+from src.decode.metric import contributions
 from src.labels import CONFIGS, IS_BLEND, N_CONFIGS, SALIENCE, config_index
-from src.metric import contributions
+from src.run.experiments import EXP_DIR
+from src.run.experiments import output_dir as run_output_dir
+
+from conftest import TINY, output_dir, run_exp, run_script, submissions_dir
 
 
 # ---- leakage ------------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ import pytest
 import timm
 import torch
 
-from conftest import SUBPROCESS_ENV, output_dir
-from src.bench_extract import TINY_VIDEO_MODEL, write_clip, write_tiny_wavlm
 from src.features import extract_audio, extract_video
 from src.features.aggregate import aggregate
+from tools.bench_extract import TINY_VIDEO_MODEL, write_clip, write_tiny_wavlm
+
+from conftest import SUBPROCESS_ENV, output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -217,7 +218,7 @@ def test_extracted_features_run_through_the_pipeline(wavlm, tmp_path):
     audio(videos, wavlm, dataset / "features" / "audio_tiny.npz")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), **SUBPROCESS_ENV}  # float32 as on an AVX2 CPU; outputs under conftest's root
-    run = subprocess.run([sys.executable, "-m", "src.experiments", "exp010", "--smoke", "--input", str(dataset)],
+    run = subprocess.run([sys.executable, "-m", "src.main", "exp010", "--smoke", "--input", str(dataset)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (output_dir("exp010", dataset, "--smoke") / "metrics.json").exists()

@@ -19,9 +19,9 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_model_data_config
 
-from src.bench_extract import TINY_WAVLM, write_clip
 from src.features import extract_audio, extract_common, extract_video
 from src.features.aggregate import aggregate
+from tools.bench_extract import TINY_WAVLM, write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = "A101_ang_int1_ver1.mov"

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.bench_extract import TINY_VIDEO_MODEL, write_clip, write_media
 from src.features import extract_egemaps, extract_video
 from src.features.extract_common import MIN_DECODED_SHARE, read_audio
+from tools.bench_extract import TINY_VIDEO_MODEL, write_clip, write_media
 
 PEAK = 0.95
 

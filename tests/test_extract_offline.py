@@ -12,11 +12,12 @@ import pytest
 from skimage import data as skimage_data
 from sklearn.datasets import load_sample_image
 
-from conftest import output_dir, run_exp
-from src.bench_extract import write_clip, write_media
-from src.features.extract_common import read_audio
 from src.features import extract_compare, extract_egemaps, extract_faces
 from src.features.aggregate import N_STATS, aggregate
+from src.features.extract_common import read_audio
+from tools.bench_extract import write_clip, write_media
+
+from conftest import output_dir, run_exp
 
 SIDE = 192           # the astronaut's face is then ~36 px, above the Haar cascade's 24 px window
 TONE_HZ = 150.0

@@ -4,13 +4,15 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import output_dir, run_exp
-from src import config, data
+from src import data
 from src.model.coral import coral_loss
-from src.experiments import resolve
 from src.model.dropout import Dropout
 from src.model.fusion import FusionNet, GateAttention
+from src.run import config
+from src.run.experiments import resolve
 from src.train.trainer import fit_folds
+
+from conftest import output_dir, run_exp
 
 WIDTHS = [5, 8, 3, 6, 4]
 

@@ -14,22 +14,26 @@ import pandas as pd
 import pytest
 import torch
 from rich.console import Console
+from test_metric import official_score
 
-from conftest import ROOT, output_dir, run_cli, run_script, submissions_dir
-from src import checks, config, leaderboard, submission, synth
+from src.analysis import leaderboard
+from src.data import synth
+from src.decode import submission
+from src.decode.metric import score
+from src.decode.scoring import read_submission, score_maps
 from src.errors import UserError
-from src.experiments import resolve, submissions_root
 from src.io import WriteError, atomic_write
 from src.labels import CONFIGS
-from src.metric import score
-from src.score import read_submission, score_maps
+from src.run import checks, config
+from src.run.experiments import resolve, submissions_root
 from src.train.inputs import StackedInputs, fit_standardizer
-from test_metric import official_score
+
+from conftest import ROOT, output_dir, run_cli, run_script, submissions_dir
 
 
 def run_inproc(exp: str, root, *args) -> str:
     """The real experiment entry point, in this process (fast): returns its one-line error."""
-    from src.pipeline import run
+    from src.main import run
     with pytest.raises(SystemExit) as exit_:
         run(resolve(exp), ["--input", str(root), "--quiet", *map(str, args)])  # no --set: it would make a variant
     assert exit_.value.code == 2
@@ -232,7 +236,7 @@ def test_bad_input_fails_before_training(case, make_dataset, capsys):
 def test_conflicting_sets_through_the_command_line(make_dataset):
     """As `bash run.sh exp010 --set train=abc --set train.epochs=5` runs it."""
     root = make_dataset()
-    proc = run_cli("src.experiments", "exp010", "--input", root, "--quiet", "--set", "train=abc", "--set",
+    proc = run_cli("src.main", "exp010", "--input", root, "--quiet", "--set", "train=abc", "--set",
                    "train.epochs=5", check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --set 'train=abc' and --set 'train.epochs=5': " \
         "'train' cannot take both a value and keys under it; keep one of them", proc.stderr
@@ -245,7 +249,7 @@ def test_empty_name_is_refused(make_dataset, capsys):
     assert one_line_error(capsys) == "error: --name '': empty; give a name (letters, digits and . _ + = -) or leave " \
         "--name out for the automatic one"
     assert_nothing_written("exp000", root)
-    from src.pipeline import parse_args
+    from src.run.pipeline import parse_args
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     assert "an empty name is refused" in " ".join(capsys.readouterr().out.split())  # the help says so
@@ -260,7 +264,7 @@ def test_salience_fractions_are_shown_as_typed(make_dataset, capsys):
 
 def test_bad_set_through_the_command_line(make_dataset):
     root = make_dataset()
-    proc = run_cli("src.experiments", "exp020", "--input", root, "--quiet", "--set", "train.batch_size=0",
+    proc = run_cli("src.main", "exp020", "--input", root, "--quiet", "--set", "train.batch_size=0",
                    check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == \
         "error: --set train.batch_size: 0 is below the minimum 2 (a batch needs two rows for its statistics and CORAL)"
@@ -354,7 +358,7 @@ def test_late_write_failure_keeps_folds_and_a_rerun_finishes(make_dataset, capsy
     folds = sorted(output_dir("exp000", root).glob("runs/*/folds/*/*.npz"))
     assert folds
     stamps = [p.stat().st_mtime_ns for p in folds]
-    from src.pipeline import run
+    from src.main import run
     run(resolve("exp000"), ["--input", str(root), "--quiet"])
     assert (target / "exp000_trivial.zip").is_file()
     assert [p.stat().st_mtime_ns for p in folds] == stamps  # resumed, not retrained
@@ -580,7 +584,7 @@ def test_leaderboard_fits_the_terminal(monkeypatch):
 
 @pytest.mark.parametrize("n_figures", [0, 2])
 def test_report_claims_only_the_figures_it_wrote(n_figures, tmp_path, monkeypatch, capsys):
-    from src import report
+    from src.analysis import report
     out = tmp_path / "exp" / "ensembles" / "ens" / "output" / "tiny"
 
     def write_report(exp_dir, input_dir, variant=None):  # what write_report leaves when every figure (or two) was drawn

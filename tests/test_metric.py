@@ -5,11 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_script
+from src.decode.metric import contributions, score
+from src.decode.scoring import read_submission, score_maps
 from src.errors import UserError
 from src.labels import CONFIGS, IS_BLEND, N_CONFIGS, PRESENCE, SALIENCE, config_index, parse_filename
-from src.metric import contributions, score
-from src.score import read_submission, score_maps
+
+from conftest import run_script
 
 
 def official_score(preds: dict, labels: dict) -> dict:

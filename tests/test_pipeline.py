@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TEMPLATE, output_dir, run_cli, run_exp, run_script, submissions_dir
-from src import config, data, results
-from src.experiments import resolve
+from src import data
+from src.analysis.leaderboard import collect
 from src.labels import EMOTIONS, SALIENCE
-from src.leaderboard import collect
+from src.run import config, results
+from src.run.experiments import resolve
 from src.train.inputs import inner_split
 from src.train.trainer import fit_folds
+
+from conftest import ROOT, TEMPLATE, output_dir, run_cli, run_exp, run_script, submissions_dir
 
 FUSION_EXPERIMENTS = ["exp030", "exp040", "exp041", "exp042", "exp043", "exp044", "exp045", "exp046", "exp047"]
 
@@ -176,11 +178,13 @@ def test_variants_live_side_by_side(make_dataset):
 
 
 def test_code_or_data_change_retrains_and_says_what_changed(make_dataset, tmp_path):
-    """A copy of the repository (src/ and exp/) so that a line of src/ can be edited without touching the repo."""
+    """A copy of the repository (src/, exp/, tools/) so that code can be edited without touching the repo: data
+    and training code retrain (saying what changed); code that does not train reuses the finished folds."""
     repo = tmp_path / "repo"
     ignore = shutil.ignore_patterns("__pycache__", "output", "figures_*")
     shutil.copytree(ROOT / "src", repo / "src", ignore=ignore)
     shutil.copytree(ROOT / "exp", repo / "exp", ignore=ignore)
+    shutil.copytree(ROOT / "tools", repo / "tools", ignore=ignore)
     root = make_dataset()
     out = output_dir("exp020", root, "--smoke")  # same layout under the output root
     run_exp("exp020", root, "--smoke", cwd=repo)
@@ -195,13 +199,23 @@ def test_code_or_data_change_retrains_and_says_what_changed(make_dataset, tmp_pa
     run_exp("exp020", root, "--smoke", cwd=repo)
     log = (out / "log.txt").read_text()
     assert "data changed: features/wavlm.npz" in log and log.count("fold 0 seed 0: trained") == 2
-    # one line of src/
-    decode_py = repo / "src" / "decode.py"
-    decode_py.write_text(decode_py.read_text() + "\n# an edit\n")
+    # one line of code outside training (decoding, the report, the benchmarks, an extractor): folds reused
+    for name in ("decode/__init__.py", "analysis/report.py", "features/extract_common.py"):
+        edit(repo / "src" / name)
+    edit(repo / "tools" / "bench.py")
     run_exp("exp020", root, "--smoke", cwd=repo)
     log = (out / "log.txt").read_text()
-    assert "code changed: src/decode.py" in log and "data changed" not in log.split("code changed")[-1]
+    assert log.count("resuming finished folds") == 2 and log.count("fold 0 seed 0: trained") == 2
+    # one line of the training code (the model): retrained, saying which file
+    edit(repo / "src" / "model" / "mlp.py")
+    run_exp("exp020", root, "--smoke", cwd=repo)
+    log = (out / "log.txt").read_text()
+    assert "code changed: src/model/mlp.py" in log and "data changed" not in log.split("code changed")[-1]
     assert log.count("fold 0 seed 0: trained") == 3
+
+
+def edit(path):
+    path.write_text(path.read_text() + "\n# an edit\n")
 
 
 def test_early_stopping_never_reads_the_scored_rows(shared_dataset):
@@ -259,7 +273,7 @@ def test_predict_reproduces_a_runs_test_predictions(shared_dataset, exp_id):
     """From the saved checkpoints alone (random selection, late fusion): the same test.csv and submission bytes."""
     run_exp(exp_id, shared_dataset, "--smoke")
     out = output_dir(exp_id, shared_dataset, "--smoke")
-    run_cli("src.predict", f"{exp_id}@smoke", "--input", shared_dataset)
+    run_cli("src.run.predict", f"{exp_id}@smoke", "--input", shared_dataset)
     assert (out / "predict" / shared_dataset.name / "test.csv").read_bytes() == (out / "test.csv").read_bytes()
     name = f"{resolve(exp_id).name}@smoke"
     sub = submissions_dir(shared_dataset)
@@ -269,7 +283,7 @@ def test_predict_reproduces_a_runs_test_predictions(shared_dataset, exp_id):
 def test_predict_refuses_other_widths(shared_dataset, make_dataset):
     run_exp("exp021", shared_dataset, "--smoke")
     other = make_dataset(width_scale=0.5)
-    proc = run_cli("src.predict", "exp021@smoke", "--input", other, "--trained-on", shared_dataset.name,
+    proc = run_cli("src.run.predict", "exp021@smoke", "--input", other, "--trained-on", shared_dataset.name,
                    check=False)
     assert proc.returncode == 2 and "width" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import output_dir, run_cli, run_exp, submissions_dir
-from src import synth_download
+from src.data import synth_download
 from src.features.aggregate import aggregate
+
+from conftest import output_dir, run_cli, run_exp, submissions_dir
 
 TRAIN = "pre_extracted_train_data"
 
@@ -28,7 +29,7 @@ def out_dir(tmp_path):
 
 
 def prepare(download, out, *args, check=True):
-    return run_cli("src.prepare", download, "--out", out, *args, check=check)
+    return run_cli("src.data.prepare", download, "--out", out, *args, check=check)
 
 
 def features(out, enc):

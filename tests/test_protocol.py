@@ -3,8 +3,9 @@ import json
 
 import numpy as np
 
-from conftest import output_dir, run_exp
 from src import decode
+
+from conftest import output_dir, run_exp
 
 
 def test_ours_never_reads_the_fold_it_scores_and_theirs_is_at_least_as_high():

@@ -7,15 +7,16 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from conftest import TINY, run_exp, run_script, submissions_dir
-from src import synth
-from src.cka import cka_matrix, linear_cka
-from src.experiments import output_dir, resolve
-from src.leaderboard import collect, to_markdown
+from src.analysis.cka import cka_matrix, linear_cka
+from src.analysis.leaderboard import collect, to_markdown
+from src.analysis.report import FIGURES, Run, guess_modality, write_report
+from src.data import synth
+from src.decode.metric import score
 from src.errors import UserError
 from src.labels import config_index
-from src.metric import score
-from src.report import FIGURES, Run, guess_modality, write_report
+from src.run.experiments import output_dir, resolve
+
+from conftest import TINY, run_cli, run_exp, submissions_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SWEEP_ENCODERS = "[openface,hubert]"  # the sweep trains one model per n: two encoders keep it to n = 1, 2
@@ -95,7 +96,7 @@ def check_png(path):
 
 
 def test_report_of_a_fusion_run_has_every_figure(tiny):
-    proc = run_script("src/report.py", "exp040@smoke", "--input", tiny)
+    proc = run_cli("src.analysis.report", "exp040@smoke", "--input", tiny, check=False)
     assert proc.returncode == 0, proc.stderr
     out = output_dir(resolve("exp040"), tiny.name, "smoke")
     report = (out / "report.md").read_text()
@@ -126,11 +127,11 @@ def test_report_skips_what_an_mlp_lacks(tiny):
 
 
 def test_report_without_outputs_is_a_one_line_error(tiny):
-    proc = run_script("src/report.py", "exp045", "--input", tiny)
+    proc = run_cli("src.analysis.report", "exp045", "--input", tiny, check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
     assert "bash run.sh exp045" in proc.stderr and tiny.name in proc.stderr
-    proc = run_script("src/report.py", "exp040", "--input", tiny)  # only its smoke variant exists
+    proc = run_cli("src.analysis.report", "exp040", "--input", tiny, check=False)  # only its smoke variant exists
     assert proc.returncode == 2 and "exp040_rank_topn has no outputs" in proc.stderr
 
 
@@ -153,7 +154,7 @@ def test_leaderboard_ranks_every_output_of_the_dataset(tiny):
     assert len(table) == 2 + len(df)
     assert all(line.count("|") == table[0].count("|") for line in table)
     assert all(f"| {name} |" in markdown for name in df["name"])
-    proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown", "--smoke")
+    proc = run_cli("src.analysis.leaderboard", "--input", tiny, "--markdown", "--smoke", check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == markdown
     # the README's results table: every figure as mean ± std over seeds
@@ -161,10 +162,10 @@ def test_leaderboard_ranks_every_output_of_the_dataset(tiny):
     presence = [s["oof"]["acc_presence"] for s in metrics["seeds"]]
     line = next(line for line in seed_table.splitlines() if "| exp040_rank_topn@smoke |" in line)
     assert line.split(" | ")[2] == f"{np.mean(presence):.3f} ± {np.std(presence):.3f}"
-    proc = run_script("src/leaderboard.py", "--input", tiny, "--markdown", "--per-seed", "--experiments-only", "--smoke")
+    proc = run_cli("src.analysis.leaderboard", "--input", tiny, "--markdown", "--per-seed", "--experiments-only", "--smoke", check=False)
     assert proc.returncode == 0 and proc.stdout == seed_table
 
 
 def test_leaderboard_without_outputs_is_a_one_line_error(tmp_path):
-    proc = run_script("src/leaderboard.py", "--input", tmp_path / f"nothing_{uuid.uuid4().hex[:8]}")
+    proc = run_cli("src.analysis.leaderboard", "--input", tmp_path / f"nothing_{uuid.uuid4().hex[:8]}", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import bfloat16, output_dir, run_exp
-from src import config, data
-from src.experiments import resolve
+from src import data
+from src.run import config
+from src.run.experiments import resolve
 from src.train.optim import StackedAdam
 from src.train.trainer import fit_folds
+
+from conftest import bfloat16, output_dir, run_exp
 
 CPU = torch.device("cpu")
 

@@ -64,7 +64,7 @@ def test_two_workers_share_a_study_then_resume_and_child_runs(make_dataset, exp_
     body = yaml.safe_load((child / "config.yaml").read_text())
     assert body["parent"] == "exp042" and body["model"]["dropout"] == summary["best_params"]["model.dropout"]
     assert body["train"]["workers"] == 1 and "best trial" in body["note"]
-    run_cli("src.experiments", child.name[:6], "--input", data, "--smoke", "--quiet")
+    run_cli("src.main", child.name[:6], "--input", data, "--smoke", "--quiet")
     assert (child / "output" / f"{data.name}@smoke" / "metrics.json").is_file()
 
     first = {r[0]: r[1] for r in rows}

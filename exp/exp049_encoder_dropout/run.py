@@ -1,3 +1,5 @@
 from pathlib import Path
-from src.pipeline import run
+
+from src.main import run
+
 if __name__ == "__main__": run(Path(__file__).parent)

@@ -22,7 +22,8 @@ from typing import Callable
 import av
 import numpy as np
 import torch
-from huggingface_hub import constants as hub_constants, try_to_load_from_cache
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -1,6 +1,6 @@
 """Paired comparison of two arms trained at the same seeds: per-seed differences and a bootstrap over actors.
 
-    python -m src.compare exp040 exp043 [--input DIR] [--boot 2000]
+    bash run.sh compare exp040 exp043 [--input DIR] [--boot 2000]
 An arm is an experiment id, optionally with a variant (exp040@smoke), or a sub-run of it as ID:NAME
 (exp041:3 is n = 3 of the top-n sweep).
 Each seed of each arm is decoded from its fold files by the pipeline's own rules (src/results.py), so the
@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from src import config as config_mod
 from src import data as data_mod
-from src import results
+from src.data import read_label_file
+from src.decode.metric import score
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, output_dir, resolve_run
 from src.labels import IS_BLEND
-from src.metric import score
-from src.score import read_label_file
+from src.run import config as config_mod
+from src.run import results
+from src.run.experiments import DEFAULT_INPUT, output_dir, resolve_run
 
 SCHEMES = ("vote", "mean")
 

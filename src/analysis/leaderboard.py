@@ -1,6 +1,6 @@
 """A local leaderboard of every experiment, variant and ensemble with outputs for one dataset, best OOF first.
 
-    python src/leaderboard.py [--input DIR] [--markdown] [--per-seed] [--experiments-only] [--smoke]
+    bash run.sh leaderboard [--input DIR] [--markdown] [--per-seed] [--experiments-only] [--smoke]
 Rich table on the console; --markdown prints the table that README's results section is generated from.
 Each variant (exp042@name) is its own row; smoke runs (and ensembles of them) only with --smoke.
 """
@@ -11,19 +11,14 @@ import math
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `src` importable, under the repository's .venv
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from src.venv import use_venv
-    use_venv()
-
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from src import results
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, output_root
+from src.run import results
+from src.run.experiments import DEFAULT_INPUT, output_root
 
 FIGURES = ("acc_presence", "acc_salience", "score")
 

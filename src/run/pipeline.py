@@ -30,20 +30,22 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from src import checks
-from src import config as config_mod
 from src import data as data_mod
-from src import decode, fingerprint, results, submission, synth
+from src import decode
 from src import device as device_mod
+from src.data import synth
+from src.decode import submission
+from src.decode.metric import score, trim
+from src.decode.scoring import score_test
 from src.device import configure_torch, pick_device
-from src.errors import UserError, cli
-from src.experiments import (DEFAULT_INPUT, ROOT, display_path, output_dir, run_name, submissions_root,
-                             variant_name)
+from src.errors import UserError
 from src.io import WriteError, atomic_write, write_csv, write_json, write_npz, write_text
-from src.metric import score, trim
-from src.subruns import SubRun, n_seeds, sub_runs
+from src.run import checks, fingerprint, results
+from src.run import config as config_mod
+from src.run.config import variant_name
+from src.run.experiments import DEFAULT_INPUT, ROOT, display_path, output_dir, run_name, submissions_root
+from src.run.subruns import SubRun, n_seeds, sub_runs
 from src.runlog import Log
-from src.score import score_test
 from src.train.trainer import fit_folds
 
 
@@ -432,11 +434,16 @@ def run_plan(plan: Plan, on_model=None) -> Path:
     show(log, f"{plan.name} on {ds.name}", record, cfg.decoder.fit == "per_fold_in_sample")
     if record.resumes:
         log(f"run time {record.runtime_s} s over {record.invocations} invocations")
-    if cfg.model.name == "fusion":  # the analysis figures, regenerable later with src/report.py
-        from src.report import write_report
-        log(f"report: {display_path(write_report(plan.exp_dir, ds.root, plan.variant))}")
     log(f"wrote {display_path(out)} and {display_path(submissions_root() / ds.name / plan.name)}.json")
     return out
+
+
+def execute(plan: Plan, on_model=None) -> Path:
+    """run_plan, with a late write failure (disk filled, permissions changed) said as how to finish."""
+    try:
+        return run_plan(plan, on_model)
+    except WriteError as err:
+        raise checks.write_failed(err) from None
 
 
 def run_variant(exp_dir, argv=None, on_model=None) -> Path:
@@ -444,14 +451,4 @@ def run_variant(exp_dir, argv=None, on_model=None) -> Path:
 
     For callers in this process (src/tune.py); on_model: see train_folds.
     """
-    plan = prepare(Path(exp_dir), parse_args(argv))
-    try:
-        return run_plan(plan, on_model)
-    except WriteError as err:  # a late failure (disk filled, permissions changed): say how to finish
-        raise checks.write_failed(err) from None
-
-
-@cli
-def run(exp_dir, argv=None) -> Path:
-    """Entry point of every exp/*/run.py."""
-    return run_variant(exp_dir, argv)
+    return execute(prepare(Path(exp_dir), parse_args(argv)), on_model)

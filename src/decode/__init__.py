@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from src.decode.metric import score
 from src.labels import CONFIG_INDEX, EMOTIONS, IS_BLEND, NEUTRAL, PRESENCE_OK, SALIENCE, SALIENCE_OK
-from src.metric import score
 
 N_EMO = len(EMOTIONS)
 

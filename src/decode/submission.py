@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from src.errors import UserError
-from src.checks import check_writable
-from src.io import WriteError, atomic_write
+from src.io import WriteError, atomic_write, check_writable
 from src.labels import N_CONFIGS, config_entries
 
 ZIP_MEMBER = "submission_template.json"  # the name inside the organisers' CodaBench template zip

@@ -1,7 +1,7 @@
 """Clips per second of raw-clip feature extraction on this machine: tiny and real-size torch models (random
 weights) and the extractors whose models ship in their wheels (openSMILE, FER2013 faces).
 
-    python -m src.bench_extract [--clips 4] [--seconds 3] [--no-full-size]
+    python -m tools.bench_extract [--clips 4] [--seconds 3] [--no-full-size]
 Also home of the clip generators the extraction tests use (write_clip, write_media, write_tiny_wavlm).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The embedded synthetic BlEmoRe: a deterministic stand-in with the real data's structure and difficulties.
 
-    python -m src.synth --out input/synthetic [--seed 0] [--full-size]
+    bash run.sh synth --out input/synthetic [--seed 0] [--full-size]
 
 Structure (as the real data): 47 train actors in 5 actor-disjoint folds, 54 clips each (20 singles at
 int1..int4, 4 neutral sit1..4, 10 pairs x 3 ratios), ~3% of train clips dropped (2,456 left), official

@@ -6,50 +6,14 @@ Each check raises a one-line UserError naming the file, folder, key or encoder. 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from src.data import read_label_file
 from src.errors import UserError
-from src.io import WriteError
-
-
-def check_template(test_files, template_keys, metadata_path: Path, template_path: Path) -> None:
-    """Test clip names and the template's keys must be the same set (both directions)."""
-    test, keys = set(map(str, test_files)), set(map(str, template_keys))
-    absent, extra = sorted(test - keys), sorted(keys - test)
-    if absent:
-        raise UserError(f"{metadata_path}: {len(absent)} test clips absent from {template_path.name} "
-                        f"(e.g. {', '.join(absent[:3])})")
-    if extra:
-        raise UserError(f"{template_path}: {len(extra)} keys not listed in {metadata_path.name} "
-                        f"(e.g. {', '.join(extra[:3])}); a submission must cover exactly the template's keys")
-
-
-def check_writable(folder: Path) -> None:
-    """Write and remove a small file in folder (or in its nearest existing parent, which must let us create it).
-
-    Creates no folder; a read-only or full file system is a WriteError naming the folder.
-    """
-    folder = Path(folder)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise WriteError(folder, f"{probe} is a file, not a folder")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".write_check.", dir=probe)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(b"\0" * 4096)  # a few blocks: an empty file can be created on a full disk
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            os.remove(tmp)
-    except OSError as err:
-        raise WriteError(folder, err.strerror or str(err)) from None
+from src.io import WriteError, check_writable
+from src.labels import strip_extension
 
 
 def check_test_labels(path: Path, test_files) -> None:
@@ -58,9 +22,6 @@ def check_test_labels(path: Path, test_files) -> None:
     Only the format and keys are validated here; the labels are parsed and dropped, never returned,
     so nothing on the training path can see them (src.score reads them after test.csv is written).
     """
-    from src.labels import strip_extension
-    from src.score import read_label_file
-
     path = Path(path)
     if not path.exists():
         return

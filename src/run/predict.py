@@ -16,14 +16,24 @@ import numpy as np
 import torch
 import yaml
 
-from src import config as config_mod
 from src import data as data_mod
-from src import decode, results, submission
+from src import decode
+from src.decode import submission
 from src.device import configure_torch, pick_device
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, display_path, output_dir, outputs_of, resolve_run, run_name, submissions_root
 from src.io import write_csv, write_json
-from src.subruns import n_seeds, sub_runs
+from src.run import config as config_mod
+from src.run import results
+from src.run.experiments import (
+    DEFAULT_INPUT,
+    display_path,
+    output_dir,
+    outputs_of,
+    resolve_run,
+    run_name,
+    submissions_root,
+)
+from src.run.subruns import n_seeds, sub_runs
 from src.train.trainer import predict_checkpoint
 
 

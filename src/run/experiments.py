@@ -1,4 +1,4 @@
-"""Experiment ids -> folders, where outputs and submissions live, and `python -m src.experiments exp042 [args]`.
+"""Experiment ids -> folders, and where outputs and submissions live.
 
 Output layout (README, "Variants"): the committed config writes `exp/<id>/output/<dataset>/`; a variant
 (`--smoke`, a set of `--set` overrides, or `--name NAME`) writes `exp/<id>/output/<dataset>@<variant>/`;
@@ -7,17 +7,13 @@ BLEMORE_OUTPUT_ROOT (a folder mirroring exp/) and BLEMORE_SUBMISSIONS move both 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import runpy
-import sys
 from pathlib import Path
 
-from src.errors import UserError, cli
+from src.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXP_DIR = ROOT / "exp"
 # Where every command looks by default, and where submissions go: defined once here.
 DEFAULT_INPUT = ROOT / "input" / "synthetic"
@@ -34,11 +30,6 @@ def submissions_root() -> Path:
     return Path(os.environ["BLEMORE_SUBMISSIONS"]) if os.environ.get("BLEMORE_SUBMISSIONS") else SUBMISSIONS
 
 
-def cache_dir() -> Path:
-    """Small caches (file hashes): .cache/ of the repository, or of the output root when that is moved."""
-    return (output_root() if os.environ.get("BLEMORE_OUTPUT_ROOT") else ROOT) / ".cache"
-
-
 def outputs_of(folder: Path) -> Path:
     """exp/<id>/ or exp/ensembles/<name>/ -> its output/ folder under the output root."""
     folder = Path(folder).resolve()
@@ -53,26 +44,6 @@ def run_name(folder: Path, variant: str | None) -> str:
 
 def output_dir(folder: Path, dataset: str, variant: str | None = None) -> Path:
     return outputs_of(folder) / (dataset + (f"@{variant}" if variant else ""))
-
-
-def variant_name(smoke: bool, sets, name: str | None = None) -> str | None:
-    """None for the committed config; `name`; else 'smoke', 'set-<hash>' or 'smoke-set-<hash>'.
-
-    The hash is over the parsed overrides with sorted keys, so the order of --set flags does not matter.
-    """
-    if name is not None:
-        if not name:
-            raise UserError("--name '': empty; give a name (letters, digits and . _ + = -) or leave --name out "
-                            "for the automatic one")
-        if not VARIANT_NAME.fullmatch(name):
-            raise UserError(f"--name '{name}': use letters, digits and . _ + = - only")
-        return name
-    from src.config import parse_set
-    parts = ["smoke"] if smoke else []
-    if sets:
-        digest = hashlib.sha256(json.dumps(parse_set(list(sets)), sort_keys=True).encode()).hexdigest()[:8]
-        parts.append(f"set-{digest}")
-    return "-".join(parts) or None
 
 
 def display_path(path: Path) -> str:
@@ -111,16 +82,3 @@ def resolve_run(spec: str) -> tuple[Path, str | None]:
     if variant and not VARIANT_NAME.fullmatch(variant):
         raise UserError(f"'{spec}': variant '{variant}' is not a valid name")
     return resolve(exp_id), variant or None
-
-
-@cli
-def main():
-    if len(sys.argv) < 2:
-        raise UserError("usage: python -m src.experiments EXP_ID [--input DIR] [--smoke] [--set k=v ...]")
-    script = resolve(sys.argv[1]) / "run.py"
-    sys.argv = [str(script)] + sys.argv[2:]
-    runpy.run_path(str(script), run_name="__main__")
-
-
-if __name__ == "__main__":
-    main()

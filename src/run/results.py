@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from src import decode
+from src.decode.metric import score, trim
 from src.errors import UserError
 from src.io import write_csv, write_json, write_npz
 from src.labels import CONFIGS
-from src.metric import score, trim
 
 SCHEMA_VERSION = 2  # metrics.json written before the record had a version counts as 1
 

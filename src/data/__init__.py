@@ -337,7 +337,6 @@ def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Datase
             template_keys = sorted(json.loads(template.read_text())["predictions"])
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{template}: expected a JSON object with a 'predictions' mapping") from None
-        from src.checks import check_template
         check_template(test_files, template_keys, root / "test_metadata.csv", template)
     return Dataset(name=root.name, root=root, train_files=train_files, test_files=test_files, folds=folds,
                    actors=actors, labels=labels, encoders=names, features=features, present=present,
@@ -366,3 +365,21 @@ def prediction_frame(files, prob: np.ndarray, parts: dict | None = None, encoder
         for j, enc in enumerate(encoders):
             frame[f"gate_{enc}"] = parts["gate"][:, j]
     return frame
+
+
+def check_template(test_files, template_keys, metadata_path: Path, template_path: Path) -> None:
+    """Test clip names and the template's keys must be the same set (both directions)."""
+    test, keys = set(map(str, test_files)), set(map(str, template_keys))
+    absent, extra = sorted(test - keys), sorted(keys - test)
+    if absent:
+        raise UserError(f"{metadata_path}: {len(absent)} test clips absent from {template_path.name} "
+                        f"(e.g. {', '.join(absent[:3])})")
+    if extra:
+        raise UserError(f"{template_path}: {len(extra)} keys not listed in {metadata_path.name} "
+                        f"(e.g. {', '.join(extra[:3])}); a submission must cover exactly the template's keys")
+
+
+def read_label_file(path: Path) -> dict:
+    """clip key -> true configuration index, from a labels CSV (filename + label columns)."""
+    frame = read_csv(Path(path), ("filename",))
+    return dict(zip(map(strip_extension, frame["filename"]), read_labels(frame, Path(path))))

@@ -25,11 +25,11 @@ import numpy as np
 
 from src.decode import fit_thresholds, threshold_grid
 from src.errors import cli
-from src.experiments import ROOT, output_dir, resolve, variant_name
+from src.run.config import variant_name
+from src.run.experiments import ROOT, output_dir, resolve
 
 BENCH_ROOT = ROOT / ".cache" / "bench"  # git-ignored; BLEMORE_OUTPUT_ROOT / BLEMORE_SUBMISSIONS point here
 from src.labels import CONFIGS
-
 
 
 def loop_score(pred_dicts: list, true_dicts: list) -> float:
@@ -92,14 +92,14 @@ def bench_experiment(exp_id: str, *args: str) -> dict:
     import subprocess
     import sys
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "src.experiments", exp_id, "--force", "--quiet", *args],
+    subprocess.run([sys.executable, "-m", "src.main", exp_id, "--force", "--quiet", *args],
                    cwd=ROOT, check=True)
     wall = time.perf_counter() - t0
     input_name = Path(args[args.index("--input") + 1]).name if "--input" in args else "synthetic"
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     out = output_dir(resolve(exp_id), input_name, variant_name(False, sets))
     metrics = json.loads((out / "metrics.json").read_text())
-    from src.results import seed_spread
+    from src.run.results import seed_spread
     return {"experiment": exp_id, "input": input_name, "wall_s": round(wall, 1),
             "oof_score": metrics["oof"]["score"], "test_score": (metrics["test"] or {}).get("score")} \
         | {k: v for k, v in seed_spread(metrics["seeds"]).items() if k in ("oof_score_mean", "oof_score_std",
@@ -108,7 +108,7 @@ def bench_experiment(exp_id: str, *args: str) -> dict:
 
 def bench_full_size(seeds: int) -> dict:
     """exp042 on the --full-size synthetic dataset (real aggregated widths), written to input/synthetic_full."""
-    from src import synth
+    from src.data import synth
     full = ROOT / "input" / "synthetic_full"
     t0 = time.perf_counter()
     if not full.exists():
@@ -134,8 +134,9 @@ def forward_flops(cfg, widths: list[int]) -> float:
 
 def training_flops(exp_id: str, input_dir: Path) -> float:
     """FLOPs of training every model of an experiment: 3x the forward (backward ~2x), twice with CORAL."""
-    from src import config, data
+    from src import data
     from src.models import n_seeds, sub_runs
+    from src.run import config
     cfg = config.load(resolve(exp_id))
     ds = data.load(input_dir, cfg.data.encoders, cfg.data.allow_missing)
     total = 0.0
@@ -188,6 +189,7 @@ def bench_device() -> dict:
     """The device, the precision train.precision auto picks on it, and one thread's float32 and bfloat16 rates on
     a 64x1024 @ 1024x256 product (a projector's shape at the real widths)."""
     import torch
+
     from src import device
     cpu = torch.device("cpu")
     torch.set_num_threads(1)
@@ -206,6 +208,7 @@ def bench_matmul(input_dir: Path) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     import torch
+
     from src import data, device
     ds = data.load(input_dir)
     shapes = matmul_shapes([ds.features[e].shape[1] for e in ds.encoders])
@@ -233,6 +236,7 @@ def bench_training(exp_id: str, input_dir: Path, matmul: dict, runs=TRAINING_RUN
     import re
 
     import torch
+
     from src import device
     flops = training_flops(exp_id, input_dir)
     rows = []
@@ -269,9 +273,11 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
     import functools
 
     import torch
-    from src import config, data, device
+
+    from src import data, device
     from src.device import configure_torch
-    from src.pipeline import fold_job
+    from src.run import config
+    from src.run.pipeline import fold_job
     from src.train import inputs, optim, trainer
     sets = ["train.workers=1"] + ([f"train.epochs={epochs}"] if epochs else [])
     cfg = config.load(resolve(exp_id), sets)
@@ -323,13 +329,14 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
 
 
 def bench_prepare(seed: int = 0) -> dict:
-    """`python -m src.prepare` on a full-size generated download (3,050 clips, six encoders, real widths), twice:
+    """`bash run.sh prepare` on a full-size generated download (3,050 clips, six encoders, real widths), twice:
     the first run does everything, the second finds every encoder up to date."""
     import shutil
     import subprocess
     import sys
     import tempfile
-    from src import synth_download
+
+    from src.data import synth_download
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
         t0 = time.perf_counter()
         download = synth_download.write(Path(tmp) / "download", seed=seed, full_size=True)
@@ -338,7 +345,7 @@ def bench_prepare(seed: int = 0) -> dict:
         walls = []
         for _ in range(2):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "src.prepare", str(download), "--out", str(Path(tmp) / "out")],
+            subprocess.run([sys.executable, "-m", "src.data.prepare", str(download), "--out", str(Path(tmp) / "out")],
                            cwd=ROOT, check=True, capture_output=True)
             walls.append(round(time.perf_counter() - t0, 1))
         shutil.rmtree(download)
@@ -367,12 +374,12 @@ def main(argv=None):
     if args.as_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
         import sys  # the caps take effect only in a process that starts with them
         os.environ.update(AVX2_ENV)
-        os.execv(sys.executable, [sys.executable, "-m", "src.bench", *(sys.argv[1:] if argv is None else argv)])
+        os.execv(sys.executable, [sys.executable, "-m", "tools.bench", *(sys.argv[1:] if argv is None else argv)])
     # every run below (subprocesses inherit this) and the ensemble read/write the benchmark's own roots
     os.environ.update({"BLEMORE_OUTPUT_ROOT": str(BENCH_ROOT / "exp"), "BLEMORE_SUBMISSIONS": str(BENCH_ROOT / "submissions")})
     if args.profile is not None or args.training is not None:
-        from src import synth
-        from src.experiments import DEFAULT_INPUT
+        from src.data import synth
+        from src.run.experiments import DEFAULT_INPUT
         inputs = args.input or (ROOT / "input" / "synthetic_full" if args.full_size else DEFAULT_INPUT)
         if args.input is None and not inputs.exists():  # only the default synthetic folders are generated
             synth.write(inputs, seed=0, full_size=args.full_size)
@@ -404,7 +411,7 @@ def main(argv=None):
         results["prepare"] = bench_prepare()
         print(json.dumps(results["prepare"]), flush=True)
     if not args.skip_extract:
-        from src.bench_extract import run_benchmark as bench_extract
+        from tools.bench_extract import run_benchmark as bench_extract
         results["extraction"] = bench_extract()
         print(json.dumps(results["extraction"]), flush=True)
     print(json.dumps(results, indent=2))

@@ -5,6 +5,8 @@ Unknown keys and wrong types are errors. Defaults live here and only here.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ import yaml
 
 from src.errors import UserError
 from src.model import resolve_top_n
+from src.run.experiments import VARIANT_NAME, resolve
 
 
 @dataclass(frozen=True)
@@ -332,8 +335,6 @@ def read_yaml(path: Path) -> dict:
 
 def chain(exp_dir: Path, seen=()) -> dict:
     """The experiment's YAML merged over its parents' (parent first), without the `parent` key."""
-    from src.experiments import resolve
-
     path = Path(exp_dir) / "config.yaml"
     values = read_yaml(path)
     parent = values.pop("parent", None)
@@ -402,3 +403,22 @@ def to_dict(cfg) -> dict:
 
 def dump(values: dict) -> str:
     return yaml.safe_dump(values, sort_keys=False)
+
+
+def variant_name(smoke: bool, sets, name: str | None = None) -> str | None:
+    """None for the committed config; `name`; else 'smoke', 'set-<hash>' or 'smoke-set-<hash>'.
+
+    The hash is over the parsed overrides with sorted keys, so the order of --set flags does not matter.
+    """
+    if name is not None:
+        if not name:
+            raise UserError("--name '': empty; give a name (letters, digits and . _ + = -) or leave --name out "
+                            "for the automatic one")
+        if not VARIANT_NAME.fullmatch(name):
+            raise UserError(f"--name '{name}': use letters, digits and . _ + = - only")
+        return name
+    parts = ["smoke"] if smoke else []
+    if sets:
+        digest = hashlib.sha256(json.dumps(parse_set(list(sets)), sort_keys=True).encode()).hexdigest()[:8]
+        parts.append(f"set-{digest}")
+    return "-".join(parts) or None

@@ -31,8 +31,7 @@ from rich.table import Table
 from src.data import LABEL_COLUMNS, read_csv, read_folds, read_labels
 from src.errors import UserError, cli
 from src.features.aggregate import EncoderAccumulator, load_array, write_features
-from src.fingerprint import hash_files
-from src.io import write_csv, write_json, write_text
+from src.io import hash_files, write_csv, write_json, write_text
 from src.labels import strip_extension
 
 TRAIN_META = re.compile(r"train[_ -]?metadata.*\.csv$", re.I)
@@ -304,7 +303,7 @@ def read_manifest(path: Path) -> dict:
 def sources(download: Path, paths: list[Path]) -> dict:
     """Where an encoder comes from: the download folder, and each input file's size and content hash.
 
-    Hashes are cached by (path, size, modification time) as src.fingerprint does: a rerun reads no file again.
+    Hashes are cached by (path, size, modification time) as run fingerprints are: a rerun reads no file again.
     """
     paths = sorted(set(paths))
     return {"download": str(download.resolve()),
