@@ -101,8 +101,8 @@ def precision_warning(requested: str, device: torch.device, flags: set[str] | No
 
 def keep_freed_memory() -> None:
     """Keep freed blocks under 32 MiB in the process. By default glibc hands large freed blocks back to the
-    OS (mmap / trim), so each training step's multi-MB tensors fault their pages in anew: 6-15% of the batched
-    training time went to the kernel. A no-op where the C library is not glibc."""
+    OS (mmap / trim), so each training step's multi-MB tensors would fault their pages in anew, a cost paid
+    in the kernel on every step. A no-op where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: serve blocks under 32 MiB from the heap
@@ -117,6 +117,6 @@ def configure_torch(num_threads: int, device: torch.device) -> None:
     torch.set_num_threads(num_threads or torch.get_num_threads())
     # Bit-identical reruns on CPU; on GPU some kernels stay nondeterministic (logged by the pipeline).
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=False)
-    # ...without its NaN-filling of every new tensor (a guard against kernels that read memory they never
-    # wrote; none does here, and the determinism tests compare reruns byte for byte): ~15% of training time
+    # ...without its NaN-filling of every new tensor, a guard against kernels that read memory they never
+    # wrote: none does here (the determinism tests compare reruns byte for byte), and the fill costs time per step
     torch.utils.deterministic.fill_uninitialized_memory = False

@@ -54,7 +54,6 @@ STACKER = {"objective": "multiclass", "learning_rate": 0.1, "num_leaves": 4, "ma
 MAX_ROUNDS, EARLY_STOP = 300, 20  # rounds are chosen by inner CV on the training folds
 PRIOR_TAUS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # grid of the stacker's starting model (fit_prior)
 PRIOR_BIASES = (-1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
-BENCH_MEMBERS = ("exp020", "exp021", "exp030")
 
 
 # ---- members ------------------------------------------------------------------------------------------
@@ -436,20 +435,6 @@ def main(argv=None) -> Path:
     log(f"wrote {display_path(out)} and {display_path(paths['json'])} in {time.time() - started:.1f}s")
     write_text(out / "log.txt", "\n".join(log.lines) + "\n")
     return out
-
-
-def run_benchmark(members=BENCH_MEMBERS, input_dir: Path = DEFAULT_INPUT) -> dict:
-    """Time the lgbm ensemble of three members on the default dataset (fitting only, nothing written)."""
-    ds = data_mod.load_labels(input_dir)
-    loaded = load_members(members, ds)
-    started = time.time()
-    res = build(loaded, ds, "lgbm")
-    seconds = time.time() - started
-    return {"members": list(members), "method": "lgbm", "dataset": ds.name, "n_train": ds.n_train,
-            "n_test": len(ds.test_files), "n_features": res["n_features"], "seconds": round(seconds, 2),
-            "oof_score": res["oof"]["score"], "rounds": [d["rounds"] for d in res["decoder"]["per_fold"]],
-            "decoder": res["decoder"]["name"],
-            "best_member_oof_score": max(m["figures"]["oof"]["score"] for m in loaded)}
 
 
 if __name__ == "__main__":

@@ -328,6 +328,21 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
             "seconds": {k: round(v, 2) for k, v in seconds.most_common()}, "calls": dict(calls)}
 
 
+def bench_ensemble(members: tuple, input_dir: Path) -> dict:
+    """Time the lgbm ensemble of members on a dataset (fitting only, nothing written)."""
+    from src import data, ensemble
+    ds = data.load_labels(input_dir)
+    loaded = ensemble.load_members(members, ds)
+    started = time.time()
+    res = ensemble.build(loaded, ds, "lgbm")
+    seconds = time.time() - started
+    return {"members": list(members), "method": "lgbm", "dataset": ds.name, "n_train": ds.n_train,
+            "n_test": len(ds.test_files), "n_features": res["n_features"], "seconds": round(seconds, 2),
+            "oof_score": res["oof"]["score"], "rounds": [d["rounds"] for d in res["decoder"]["per_fold"]],
+            "decoder": res["decoder"]["name"],
+            "best_member_oof_score": max(m["figures"]["oof"]["score"] for m in loaded)}
+
+
 def bench_prepare(seed: int = 0) -> dict:
     """`bash run.sh prepare` on a full-size generated download (3,050 clips, six encoders, real widths), twice:
     the first run does everything, the second finds every encoder up to date."""
@@ -401,8 +416,7 @@ def main(argv=None):
         for exp in ("exp010", "exp020", "exp042"):
             results[exp] = bench_experiment(exp)
             print(json.dumps(results[exp]), flush=True)
-        from src.ensemble import run_benchmark as bench_ensemble
-        results["ensemble_lgbm"] = bench_ensemble(("exp010", "exp020", "exp042"))
+        results["ensemble_lgbm"] = bench_ensemble(("exp010", "exp020", "exp042"), DEFAULT_INPUT)
         print(json.dumps(results["ensemble_lgbm"]), flush=True)
     if args.full_size:
         results["exp042_full_size"] = bench_full_size(args.full_size_seeds)

@@ -2,7 +2,7 @@
 
     bash run.sh report exp042[@variant] [--input DIR]
 writes exp/<id>_<slug>/output/<dataset>[@variant]/figures/*.png and report.md. A figure the experiment has nothing for
-(no gates for an MLP, no projections.npz, no exp041 sweep on this dataset) is skipped with a note.
+(no gates for an MLP, no projections.npz, no top-n sweep on this dataset) is skipped with a note.
 """
 from __future__ import annotations
 
@@ -24,11 +24,10 @@ from src.decode.metric import score
 from src.errors import UserError, cli
 from src.io import atomic_write, write_text
 from src.labels import BLEND_RATIOS, CONFIGS, EMOTIONS, IS_BLEND
-from src.run import results
-from src.run.config import resolve_top_n
-from src.run.experiments import DEFAULT_INPUT, EXP_DIR, display_path, output_dir, resolve, resolve_run, run_name
+from src.model import resolve_top_n
+from src.run import config, results
+from src.run.experiments import DEFAULT_INPUT, EXP_DIR, all_experiments, display_path, output_dir, resolve_run, run_name
 
-SWEEP_EXPERIMENT = "exp041"  # the top-n sweep whose per_top_n.csv feeds figure 1
 # Each encoder's modality comes from the dataset's encoders.csv. Without it, a labelled guess from the name:
 # audio or video when the name contains one of these hints, "unknown" otherwise (never a wrong default).
 AUDIO_HINTS = ("hubert", "wavlm", "wav2vec", "whisper", "audio", "beats", "clap", "vggish", "panns",
@@ -171,18 +170,32 @@ class Run:
         return [str(e) for e in encoders], np.mean(per_fold, 0)
 
     @cached_property
-    def sweep(self) -> pd.DataFrame:
-        """per_top_n.csv of the sweep experiment on the same dataset (same variant, else the committed config)."""
+    def sweep(self) -> tuple[str, pd.DataFrame]:
+        """(experiment id, its per_top_n.csv) of the first top-n sweep (model.sweep_top_n) with outputs for this
+        dataset (the same variant, else the committed config)."""
+        sweeps = sweep_experiments()
+        if not sweeps:
+            raise Skip("no experiment sweeps top_n (model.sweep_top_n: true)")
+        for sweep_dir in sweeps:
+            for v in dict.fromkeys([self.variant, None]):
+                path = output_dir(sweep_dir, self.dataset, v) / "per_top_n.csv"
+                if path.is_file():
+                    return sweep_dir.name.split("_")[0], pd.read_csv(path).sort_values("top_n", ignore_index=True)
+        exp_id = sweeps[0].name.split("_")[0]
+        raise Skip(f"{sweeps[0].name} has no outputs for dataset '{self.dataset}' "
+                   f"(run: bash run.sh {exp_id} --input {display_path(self.input_dir)})")
+
+
+def sweep_experiments() -> list[Path]:
+    """The experiments whose config sweeps top_n, in id order."""
+    found = []
+    for exp in all_experiments():
         try:
-            sweep_dir = resolve(SWEEP_EXPERIMENT)
-        except UserError:
-            raise Skip(f"no {SWEEP_EXPERIMENT} experiment folder") from None
-        paths = [output_dir(sweep_dir, self.dataset, v) / "per_top_n.csv" for v in dict.fromkeys([self.variant, None])]
-        path = next((p for p in paths if p.is_file()), paths[-1])
-        if not path.is_file():
-            raise Skip(f"{sweep_dir.name} has no outputs for dataset '{self.dataset}' "
-                       f"(run: bash run.sh {SWEEP_EXPERIMENT} --input {display_path(self.input_dir)})")
-        return pd.read_csv(path).sort_values("top_n", ignore_index=True)
+            if config.load(exp).model.sweep_top_n:
+                found.append(exp)
+        except UserError:  # a broken experiment folder is not a sweep
+            pass
+    return found
 
 
 # ---- figures: each takes a Run and returns a Figure, or raises Skip ---------------------------------------
@@ -199,7 +212,7 @@ def group_legend(run: Run) -> str:
 
 
 def fig_topn(run: Run) -> Figure:
-    table = run.sweep
+    sweep_id, table = run.sweep
     fig = new_figure(7, 4.5)
     ax = fig.subplots()
     if "oof_score_mean" in table:  # written when the sweep's seeds were scored one by one
@@ -208,12 +221,12 @@ def fig_topn(run: Run) -> Figure:
     ax.plot(table["top_n"], table["oof_score"], "s--", alpha=0.8, label="OOF, seed-averaged probabilities")
     if "test_score" in table:
         ax.plot(table["top_n"], table["test_score"], "^:", alpha=0.8, label="test, seed-averaged probabilities")
-    if run.top_n is not None and run.name.split("_")[0] != SWEEP_EXPERIMENT:
+    if run.top_n is not None and run.name.split("_")[0] != sweep_id:
         ax.axvline(run.top_n, color="grey", ls=":", label=f"{run.name}: n = {run.top_n}")
     ax.set_xticks(table["top_n"])
     ax.set_xlabel("n = encoders kept per clip")
     ax.set_ylabel("score = (ACC_presence + ACC_salience) / 2")
-    ax.set_title(f"{SWEEP_EXPERIMENT} top-n sweep on {run.dataset}")
+    ax.set_title(f"{sweep_id} top-n sweep on {run.dataset}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -433,7 +446,7 @@ def fig_loss(run: Run) -> Figure:
 # name, title, what it shows, function
 FIGURES = (
     ("topn_curve", "Score against the number of selected encoders n",
-     f"OOF score of the {SWEEP_EXPERIMENT} sweep for each n: mean ± std over seeds (error bars), the score of the "
+     "OOF score of the top-n sweep (an experiment with model.sweep_top_n) for each n: mean ± std over seeds (error bars), the score of the "
      "seed-averaged probabilities, and the test score when the dataset has test labels.", fig_topn),
     ("modality_importance", "Importance by modality group",
      "Per clip, the gate weight summed over the video encoders and over the audio encoders (left), and its mean "
@@ -524,9 +537,9 @@ def decoded_findings(run: Run) -> list[str]:
 
 
 def sweep_findings(run: Run) -> list[str]:
-    sweep = run.sweep
+    sweep_id, sweep = run.sweep
     best = sweep.loc[sweep["oof_score"].idxmax()]
-    return [f"In the {SWEEP_EXPERIMENT} sweep the best OOF score is at n = {int(best['top_n'])} "
+    return [f"In the {sweep_id} sweep the best OOF score is at n = {int(best['top_n'])} "
             f"({best['oof_score']:.4f}) of {int(sweep['top_n'].max())}."]
 
 

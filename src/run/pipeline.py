@@ -354,9 +354,8 @@ def write_run(plan: Plan, final: results.Decoded, evaluated: dict, facts: dict, 
 
 
 def remove_stale(plan: Plan, log: Log) -> None:
-    """After a finished run: fold caches of other fingerprints of this variant (and of the old layout) go."""
+    """After a finished run: the fold caches of this variant's other fingerprints go (the run replaces them)."""
     stale = [p for p in (plan.out / "runs").iterdir() if p.is_dir() and p != plan.run_dir]
-    stale += [plan.out / n for n in ("folds", "models") if (plan.out / n).is_dir()]  # before runs/<fp>/
     for path in stale:
         shutil.rmtree(path)
     if stale:
