@@ -22,20 +22,9 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2Fe
 
 from src.errors import UserError, cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import (
-    SAMPLE_RATE,
-    WEIGHT_SEED,
-    add_common_args,
-    check_args,
-    choose_device,
-    hub_cached,
-    hub_constants,
-    hub_fix,
-    per_clip,
-    read_audio,
-    require_download,
-    run_extraction,
-)
+from src.features.extract_common import (SAMPLE_RATE, WEIGHT_SEED, add_common_args, check_args, choose_device,
+                                         hub_cached, hub_constants, hub_fix, per_clip, read_audio, require_download,
+                                         run_extraction)
 
 # The files transformers loads weights from, any one of which (with config.json) makes a cached model usable.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -19,15 +19,8 @@ import opensmile
 
 from src.errors import cli
 from src.features.aggregate import N_STATS, aggregate
-from src.features.extract_common import (
-    SAMPLE_RATE,
-    ClipError,
-    add_clip_args,
-    check_args,
-    per_clip,
-    read_audio,
-    run_extraction,
-)
+from src.features.extract_common import (SAMPLE_RATE, ClipError, add_clip_args, check_args, per_clip, read_audio,
+                                         run_extraction)
 
 FEATURE_SETS = {"egemaps": opensmile.FeatureSet.eGeMAPSv02, "compare": opensmile.FeatureSet.ComParE_2016}
 LEVELS = {"functionals": opensmile.FeatureLevel.Functionals, "lld": opensmile.FeatureLevel.LowLevelDescriptors}

@@ -23,15 +23,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 from src.errors import UserError, cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import (
-    DEFAULT_FPS,
-    ClipError,
-    add_clip_args,
-    check_args,
-    per_clip,
-    read_frames,
-    run_extraction,
-)
+from src.features.extract_common import (DEFAULT_FPS, ClipError, add_clip_args, check_args, per_clip, read_frames,
+                                         run_extraction)
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # the model's output order
 GEOMETRY = ("face_x", "face_y", "face_size")  # box centre / frame width, / frame height; box side / frame height

@@ -22,20 +22,9 @@ from timm.data import create_transform, resolve_model_data_config
 
 from src.errors import UserError, cli
 from src.features.aggregate import aggregate
-from src.features.extract_common import (
-    DEFAULT_FPS,
-    WEIGHT_SEED,
-    add_common_args,
-    check_args,
-    choose_device,
-    hub_cached,
-    hub_constants,
-    hub_fix,
-    per_clip,
-    read_frames,
-    require_download,
-    run_extraction,
-)
+from src.features.extract_common import (DEFAULT_FPS, WEIGHT_SEED, add_common_args, check_args, choose_device,
+                                         hub_cached, hub_constants, hub_fix, per_clip, read_frames, require_download,
+                                         run_extraction)
 
 
 def hub_weight_files(filename: str) -> list[str]:

@@ -24,15 +24,8 @@ from src.errors import UserError, cli
 from src.io import write_csv, write_json
 from src.run import config as config_mod
 from src.run import results
-from src.run.experiments import (
-    DEFAULT_INPUT,
-    display_path,
-    output_dir,
-    outputs_of,
-    resolve_run,
-    run_name,
-    submissions_root,
-)
+from src.run.experiments import (DEFAULT_INPUT, display_path, output_dir, outputs_of, resolve_run, run_name,
+                                 submissions_root)
 from src.run.subruns import n_seeds, sub_runs
 from src.train.trainer import predict_checkpoint
 
