@@ -47,7 +47,7 @@ def load_truth(input_dir: Path) -> Truth:
     root = Path(input_dir)
     if not root.is_dir():
         raise UserError(f"{root}: dataset folder not found")
-    ds = data_mod.load_labels(root)  # labels and folds only: the smallest encoder file is enough
+    ds = data_mod.load_labels(root)  # labels and folds only: no feature file is read
     test = None
     if (root / "test_labels.csv").is_file():
         truth = read_label_file(root / "test_labels.csv")

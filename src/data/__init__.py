@@ -297,39 +297,16 @@ def read_modalities(root: Path) -> dict[str, str]:
     return dict(zip(frame["encoder"].astype(str), frame["modality"]))
 
 
-def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Dataset:
-    """Read and validate a dataset folder; every problem is a one-line UserError naming file and problem."""
+def load_labels(input_dir: Path) -> Dataset:
+    """The metadata without any feature file: clip lists, labels, folds, actors, template keys (no encoders)."""
     root = Path(input_dir)
     if not root.is_dir():
         raise UserError(f"{root}: dataset folder not found")
     train_files, folds, actors, labels = _read_train(root)
-    test_files = read_csv(root / "test_metadata.csv", ("filename",))["filename"].to_numpy()
-    test_files = np.sort(test_files)
+    test_files = np.sort(read_csv(root / "test_metadata.csv", ("filename",))["filename"].to_numpy())
     clash = set(map(strip_extension, train_files)) & set(map(strip_extension, test_files))
     if clash:
         raise UserError(f"{root}: clip '{sorted(clash)[0]}' is in both train and test metadata")
-
-    names = available_encoders(root) if encoders == "all" else list(encoders)
-    if len(set(names)) != len(names):
-        raise UserError(f"data.encoders: {', '.join(sorted({n for n in names if names.count(n) > 1}))} listed twice")
-    if not names:
-        raise UserError(f"{root / 'features'}: no encoder files (*.npz)")
-    all_keys = pd.Index([strip_extension(f) for f in list(train_files) + list(test_files)])
-    features, present = {}, {}
-    for enc in names:
-        keys, X = _read_encoder(root, enc)
-        pos = keys.get_indexer(all_keys)
-        missing = pos < 0
-        if missing.any() and not allow_missing:
-            shown = ", ".join(all_keys[missing][:3])
-            n_tr, n_te = int(missing[:len(train_files)].sum()), int(missing[len(train_files):].sum())
-            raise UserError(f"encoder '{enc}': {n_tr} train and {n_te} test clips missing (e.g. {shown}); "
-                            "set data.allow_missing: true with a model that masks encoders")
-        aligned = np.zeros((len(all_keys), X.shape[1]), dtype=np.float32)
-        aligned[~missing] = X[pos[~missing]]
-        check_scale(enc, aligned, ~missing)
-        features[enc], present[enc] = aligned, ~missing
-
     template_keys = None
     template = root / "submission_template.json"
     if template.is_file():
@@ -339,16 +316,34 @@ def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Datase
             raise UserError(f"{template}: expected a JSON object with a 'predictions' mapping") from None
         check_template(test_files, template_keys, root / "test_metadata.csv", template)
     return Dataset(name=root.name, root=root, train_files=train_files, test_files=test_files, folds=folds,
-                   actors=actors, labels=labels, encoders=names, features=features, present=present,
-                   template_keys=template_keys)
+                   actors=actors, labels=labels, encoders=[], features={}, present={}, template_keys=template_keys)
 
 
-def load_labels(input_dir: Path) -> Dataset:
-    """Labels, folds, actors and clip lists without the features: reads only the smallest encoder file."""
-    root = Path(input_dir)
-    encoders = available_encoders(root) if root.is_dir() and (root / "features").is_dir() else []
-    size = lambda e: sum(p.stat().st_size for p in feature_files(root, e))
-    return load(root, [min(encoders, key=size)] if encoders else "all", allow_missing=True)
+def load(input_dir: Path, encoders="all", allow_missing: bool = False) -> Dataset:
+    """Read and validate a dataset folder; every problem is a one-line UserError naming file and problem."""
+    ds = load_labels(input_dir)
+    root = ds.root
+    names = available_encoders(root) if encoders == "all" else list(encoders)
+    if len(set(names)) != len(names):
+        raise UserError(f"data.encoders: {', '.join(sorted({n for n in names if names.count(n) > 1}))} listed twice")
+    if not names:
+        raise UserError(f"{root / 'features'}: no encoder files (*.npz)")
+    all_keys = pd.Index([strip_extension(f) for f in list(ds.train_files) + list(ds.test_files)])
+    for enc in names:
+        keys, X = _read_encoder(root, enc)
+        pos = keys.get_indexer(all_keys)
+        missing = pos < 0
+        if missing.any() and not allow_missing:
+            shown = ", ".join(all_keys[missing][:3])
+            n_tr, n_te = int(missing[:ds.n_train].sum()), int(missing[ds.n_train:].sum())
+            raise UserError(f"encoder '{enc}': {n_tr} train and {n_te} test clips missing (e.g. {shown}); "
+                            "set data.allow_missing: true with a model that masks encoders")
+        aligned = np.zeros((len(all_keys), X.shape[1]), dtype=np.float32)
+        aligned[~missing] = X[pos[~missing]]
+        check_scale(enc, aligned, ~missing)
+        ds.features[enc], ds.present[enc] = aligned, ~missing
+    ds.encoders = names
+    return ds
 
 
 def prediction_frame(files, prob: np.ndarray, parts: dict | None = None, encoders=(), folds=None) -> pd.DataFrame:
