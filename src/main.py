@@ -19,7 +19,7 @@ from src.runlog import Log
 @cli
 def run(exp_dir, argv=None) -> Path:
     """One experiment run from command-line arguments, then its report; -> the output folder."""
-    plan = pipeline.prepare(Path(exp_dir), pipeline.parse_args(argv))
+    plan = pipeline.plan_run(Path(exp_dir), pipeline.parse_args(argv))
     out = pipeline.execute(plan)
     if plan.cfg.model.name == "fusion":  # regenerable later with bash run.sh report
         Log(out / "log.txt", quiet=plan.args.quiet)(

@@ -11,7 +11,7 @@ from tools.bench import profile_training
 from conftest import run_cli
 
 STAGES = lambda: (trainer.dropout_masks, trainer.draw_plan, inputs.StackedInputs.gather, optim.StackedAdam.step,
-                  trainer.predict, trainer.projections, trainer.make_loss, torch.autograd.grad)
+                  trainer.model_outputs, trainer.projections, trainer.make_loss, torch.autograd.grad)
 
 
 def test_profile_training_counts_every_step_and_restores_the_code(shared_dataset):

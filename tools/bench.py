@@ -302,7 +302,7 @@ def profile_training(exp_id: str, input_dir: Path, models: int = 8, epochs: int 
                (trainer, "draw_plan", "batch plan and per-clip draws (per epoch)"),
                (inputs.StackedInputs, "gather", "gathering and standardising inputs"),
                (optim.StackedAdam, "step", "Adam"),
-               (trainer, "predict", "prediction (valid, test)"),
+               (trainer, "model_outputs", "prediction (valid, test)"),
                (trainer, "projections", "projections (valid)"),
                (torch.autograd, "grad", "backward")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]

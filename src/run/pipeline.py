@@ -1,16 +1,14 @@
-"""The one data path as stages, each ending in files. Every exp/*/run.py calls `run`.
+"""The one data path as stages, each ending in files; src/main.py runs them for `bash run.sh exp042`.
 
-    bash run.sh exp042 [--input DIR] [--smoke] [--set key.path=value ...] [--name NAME] [--force]
-
-    prepare      config, dataset, variant folder, fingerprint                 (nothing written or removed)
+    plan_run     config, dataset, variant folder, fingerprint                 (nothing written or removed)
     train_folds  input -> folds -> model: runs/<fp>/folds/<sub>/fold<k>_seed<s>.npz and models/<sub>/*.pt
-    gather       fold files -> per sub-run and seed: OOF parts [N_train], test parts [N_test]
-    decode_all   -> OOF (honest decoding; nested choice among sub-runs) and test predictions
-    write_run    oof.csv, test.csv, per_<group>/, the submission, then test scores, metrics.json
+    gather       fold files -> per sub-run: Predictions (src/run/results.py)
+    combine      -> honest OOF (decoded per fold on the other folds; nested choice among sub-runs) and test
+    write_run    oof.csv, test.csv, decoded.csv, per_<group>/, the submission, then test scores, metrics.json
 
-A variant (README, "Variants") owns its folder: finished folds are reused while the fingerprint (resolved
-config, code, input data) is unchanged; otherwise training starts fresh in runs/<new fp>/ and the previous
-results stay in place until the new run has finished.
+A variant owns its folder: finished folds are reused while the fingerprint (resolved config, training code,
+input data) is unchanged; otherwise training starts fresh in runs/<new fp>/ and the previous results stay in
+place until the new run has finished.
 """
 from __future__ import annotations
 
@@ -135,7 +133,7 @@ def resolved_config(cfg, ds, exp_dir: Path, variant, device: torch.device) -> di
     return out
 
 
-def prepare(exp_dir: Path, args) -> Plan:
+def plan_run(exp_dir: Path, args) -> Plan:
     """Everything validated and loaded before any file is touched: a bad value fails here, not mid-run."""
     exp_dir = Path(exp_dir).resolve()
     cfg = config_mod.load(exp_dir, args.sets, args.smoke)
@@ -450,4 +448,4 @@ def run_variant(exp_dir, argv=None, on_model=None) -> Path:
 
     For callers in this process (src/tune.py); on_model: see train_folds.
     """
-    return execute(prepare(Path(exp_dir), parse_args(argv)), on_model)
+    return execute(plan_run(Path(exp_dir), parse_args(argv)), on_model)

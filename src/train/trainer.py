@@ -101,7 +101,7 @@ class ModelInputs:
         return None if self.draws is None else self.draws[k][idx]
 
 
-def predict(model, inp: ModelInputs, rows: np.ndarray, batch_size: int = 512) -> dict:
+def model_outputs(model, inp: ModelInputs, rows: np.ndarray, batch_size: int = 512) -> dict:
     """Model outputs for rows -> dict of float arrays [len(rows), ...]; the mean over inp.draws' draws if any."""
     model.eval()
     parts: dict[str, list] = {}
@@ -380,7 +380,7 @@ class EpochPredictions:
     def __call__(self, models: list) -> None:
         for m, model in enumerate(models):
             for split, rows in self.rows[m].items():
-                self.seen[m][split].append(predict(model, self.views[m], rows))
+                self.seen[m][split].append(model_outputs(model, self.views[m], rows))
 
     def parts(self, m: int, split: str) -> dict:
         seen = self.seen[m][split]
@@ -454,7 +454,7 @@ def fit_stack(ds: Dataset, cfg, encoders: list[str], jobs: list[tuple], device) 
                   "draw_seed": draw_seed, "n_rows": data.n_rows, "history": histories[i]}
         if names[i] is not None:
             extras["fixed_encoders"] = names[i]
-        valid, test = predict(models[i], views[i], va), predict(models[i], views[i], ds.test_rows)
+        valid, test = model_outputs(models[i], views[i], va), model_outputs(models[i], views[i], ds.test_rows)
         if epochs is not None:
             valid, test = valid | epochs.parts(i, "valid"), test | epochs.parts(i, "test")
         if isinstance(models[i], FusionNet):
@@ -472,7 +472,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 
 def choose_fixed(probe, inp: ModelInputs, train_rows, encoders: list[str]) -> tuple[torch.Tensor, list[str]]:
     """(float [E] priorities: the probe's mean gate over the training rows, the n encoders it keeps)."""
-    mean_gate = torch.as_tensor(predict(probe, inp, train_rows)["gate"].mean(0))
+    mean_gate = torch.as_tensor(model_outputs(probe, inp, train_rows)["gate"].mean(0))
     # priorities: the n highest, then the next ones for clips missing one of them
     return mean_gate, [encoders[i] for i in torch.argsort(-mean_gate, stable=True)[:probe.top_n]]
 
@@ -502,4 +502,4 @@ def predict_checkpoint(ckpt: dict, cfg, features: list[np.ndarray], present: lis
         total = max(ckpt["n_rows"], n)
         draws = prediction_draws(ckpt["draw_seed"], total, len(ckpt["widths"]), cfg.model.random_draws,
                                  device)[:, total - n:]
-    return predict(model, ModelInputs(data, 0, draws), np.arange(n))
+    return model_outputs(model, ModelInputs(data, 0, draws), np.arange(n))
