@@ -24,7 +24,7 @@ from src.decode.scoring import read_submission, score_maps
 from src.errors import UserError
 from src.io import WriteError, atomic_write
 from src.labels import CONFIGS
-from src.run import checks, config
+from src.run import checks, config, results
 from src.run.experiments import resolve, submissions_root
 from src.train.inputs import StackedInputs, fit_standardizer
 
@@ -574,9 +574,9 @@ def test_leaderboard_fits_the_terminal(monkeypatch):
     buf = io.StringIO()
     monkeypatch.setattr(leaderboard, "Console", lambda **kw: Console(file=buf, force_terminal=True, width=120,
                                                                       color_system=None))
-    m = {"oof": {"acc_presence": 0.41, "acc_salience": 0.22, "score": 0.318}, "test": {"score": 0.32},
-         "folds": [{"score": 0.3}, {"score": 0.33}], "seeds": [{"oof": {"acc_presence": 0.4, "acc_salience": 0.2,
-                                                                          "score": 0.3}}], "runtime_s": 200}
+    m = results.RunRecord(kind="experiment", oof={"acc_presence": 0.41, "acc_salience": 0.22, "score": 0.318},
+                          test={"score": 0.32}, folds=[{"score": 0.3}, {"score": 0.33}], decoder={},
+                          seeds=[{"oof": {"acc_presence": 0.4, "acc_salience": 0.2, "score": 0.3}}], runtime_s=200)
     leaderboard.show(pd.DataFrame([leaderboard.row("exp040_rank_topn", "experiment", m)]), "synthetic")
     lines = buf.getvalue().splitlines()
     assert max(map(len, lines)) <= 120 and {"0.4100", "0.2200", "0.3180", "0.3200"} <= set(buf.getvalue().split())

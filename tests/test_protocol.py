@@ -46,6 +46,6 @@ def test_organisers_protocol_smoke(shared_dataset):
     assert 1 <= metrics["decoder"]["epoch"] <= 3 and "test" in metrics
     run_exp("exp011", shared_dataset, "--smoke", "--set", "data.encoders=[wavlm,imagebind]")
     metrics = json.loads((output_dir("exp011", shared_dataset, "--smoke", "--set", "data.encoders=[wavlm,imagebind]") / "metrics.json").read_text())
-    check_protocols(metrics["per_encoder"]["wavlm"], 3)
+    check_protocols(metrics["sub_runs"]["wavlm"], 3)
     log = (output_dir("exp011", shared_dataset, "--smoke", "--set", "data.encoders=[wavlm,imagebind]") / "log.txt").read_text()
     assert "organisers protocol" in log and "ours protocol" in log
