@@ -138,10 +138,12 @@ def status(job: Job, input_dir: Path) -> str:
     return "trains: " + ("; ".join(fingerprint.changes(previous, plan.record)) or "folds missing")
 
 
-def invoke(job: Job, input_dir: Path, quiet: bool) -> None:
-    """Run the job as `bash run.sh` would, in a child process (its own torch threads and log)."""
+def invoke(job: Job, input_dir: Path | None, quiet: bool) -> None:
+    """Run the job as `bash run.sh` would, in a child process (its own torch threads and log); input_dir None:
+    the default dataset, which the run generates when it is absent."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "src.main", job.experiment, "--input", str(input_dir), *job.flags]
+    given = () if input_dir is None else ("--input", str(input_dir))
+    cmd = [sys.executable, "-m", "src.main", job.experiment, *given, *job.flags]
     proc = subprocess.run(cmd + (["--quiet"] if quiet else []), cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise UserError(f"{job.run}: the run stopped (exit {proc.returncode}); fix it and rerun bash run.sh results "
@@ -382,7 +384,7 @@ def main(argv=None) -> None:
         return
     for i, job in enumerate(todo, start=1):
         print(f"[{i}/{len(todo)}] {job.command(input_flag)}", flush=True)
-        invoke(job, input_dir, args.quiet)
+        invoke(job, args.input, args.quiet)
     data = collect(input_dir, args.smoke, jobs, seeds, claims, args.boot, input_flag)
     write_pages(data, args.docs, args.readme)
     print(f"wrote {display_path(args.docs / 'results.json')}, {display_path(args.docs / 'results.md')}"
