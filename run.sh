@@ -4,7 +4,7 @@
 #   bash run.sh prepare DOWNLOAD_DIR [--out input/blemore] [--encoders a,b] [--allow-missing]
 #   bash run.sh predict exp042[@variant] --input DIR     bash run.sh report exp042[@variant] [--input DIR]
 #   bash run.sh ensemble exp040 exp042    bash run.sh leaderboard [--smoke]    bash run.sh score PRED LABELS
-#   bash run.sh compare exp040 exp043 [--input DIR]
+#   bash run.sh compare exp040 exp043 [--input DIR]   bash run.sh results [--dry-run] [--render-only]
 #   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
 #   bash run.sh extract video|audio|egemaps|compare|faces [args]
 #   bash run.sh tune exp042 [--trials N] [--timeout S] [--workers K] [--storage URL] [--study NAME] [--input DIR] [--smoke]
@@ -60,6 +60,9 @@ case "$cmd" in
   predict)
     install_requirements requirements.txt
     exec "$PY" -m src.run.predict "$@" ;;
+  results)
+    install_requirements requirements.txt
+    exec "$PY" -m src.analysis.results_page "$@" ;;
   extract)
     install_requirements requirements.txt
     install_requirements requirements-extract.txt

@@ -6,7 +6,9 @@
 
 Honesty: for outer fold k, every piece the ensemble fits (blend weights, stacker, boosting rounds, thresholds,
 the choice of decoder, the blend share) sees the other folds' rows only, and the OOF score is that of fold-k
-predictions made by those pieces. Test predictions use pieces fitted on all OOF rows.
+predictions made by those pieces. The lgbm decoder of fold k is fitted on inner OOF predictions of the other
+folds, each inner fold predicted by a stacker fitted without fold k and without that inner fold. Test rows:
+the lgbm fold stackers' outputs decoded per fold, then a vote; mean and weights use pieces fitted on all OOF rows.
 """
 from __future__ import annotations
 
@@ -224,35 +226,56 @@ def softmax_configs(raw: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_stacker(X: np.ndarray, probs: np.ndarray, y: np.ndarray, inner_folds: np.ndarray, seed: int):
-    """One fold stacker on these rows: its starting model (blend weights, tau, bias) fitted, rounds chosen by
-    inner CV over inner_folds, then a refit on all these rows.
+def fit_start(probs: np.ndarray, y: np.ndarray):
+    """The stacker's starting model on these rows: blend weights, then (tau, bias) by fit_prior.
+
+    probs float [M, n, 6], y int [n] -> (logits(P) -> float [m, 36], fitted numbers)."""
+    weights = fit_mixture_weights(probs, SALIENCE[y])  # weak members should not dilute the starting model
+    tau, bias = fit_prior(prior_scores(probs, weights), y)
+    return (lambda P: prior_logits(prior_scores(P, weights), tau, bias)), \
+        {"prior_weights": rounded(weights), "tau": tau, "bias": bias}
+
+
+def fit_stacker(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int):
+    """One stacker on these rows: its starting model fitted, rounds chosen by a CV over their folds, then a
+    refit on all of them.
 
     X float [n, F], probs float [M, n, 6] members' prob columns, y int [n]. Only configurations present in y
-    are modelled. Returns (predict(X, probs) -> float [m, 36], fitted numbers, inner OOF float [n, 36], gain [F]).
+    are modelled. Returns (predict(X, probs) -> float [m, 36], fitted numbers, gain [F]).
     """
     classes = np.unique(y)
-    if len(classes) < 2 or len(np.unique(inner_folds)) < 2:
+    if len(classes) < 2 or len(np.unique(folds)) < 2:
         raise UserError("lgbm stacker: a training split has fewer than 2 label configurations or 2 folds; "
                         "use --method mean or weights on this dataset")
     target = np.searchsorted(classes, y)
-    weights = fit_mixture_weights(probs, SALIENCE[y])  # weak members should not dilute the starting model
-    tau, bias = fit_prior(prior_scores(probs, weights), y)
-    init = lambda P: prior_logits(prior_scores(P, weights), tau, bias)[:, classes]
+    start, fitted = fit_start(probs, y)
+    init = lambda P: start(P)[:, classes]
     params = {**STACKER, "num_class": len(classes), "seed": seed}
-    splits = [(np.flatnonzero(inner_folds != j), np.flatnonzero(inner_folds == j)) for j in np.unique(inner_folds)]
+    splits = [(np.flatnonzero(folds != j), np.flatnonzero(folds == j)) for j in np.unique(folds)]
     cv = lgb.cv(params, lgb.Dataset(X, target, init_score=init(probs), free_raw_data=False),
                 num_boost_round=MAX_ROUNDS, folds=splits, callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)],
                 return_cvbooster=True)
     rounds = int(cv["cvbooster"].best_iteration) or MAX_ROUNDS
-    inner = np.zeros((len(y), N_CONFIGS))
-    for booster, (_, valid) in zip(cv["cvbooster"].boosters, splits):
-        raw = booster.predict(X[valid], raw_score=True, num_iteration=rounds) + init(probs[:, valid])
-        inner[valid] = softmax_configs(raw, classes)
     booster = lgb.train(params, lgb.Dataset(X, target, init_score=init(probs)), num_boost_round=rounds)
     predict = lambda A, P: softmax_configs(booster.predict(A, raw_score=True) + init(P), classes)
-    fitted = {"rounds": rounds, "prior_weights": rounded(weights), "tau": tau, "bias": bias}
-    return predict, fitted, inner, booster.feature_importance("gain")
+    return predict, {"rounds": rounds, **fitted}, booster.feature_importance("gain")
+
+
+def inner_oof(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int) -> np.ndarray:
+    """Each of these folds predicted by a stacker fitted on the others only: float [n, 36].
+
+    Where a single other fold is left, rounds cannot be chosen by CV, so its starting model alone predicts."""
+    out = np.zeros((len(y), N_CONFIGS))
+    for j in np.unique(folds):
+        rest, inside = folds != j, folds == j
+        if len(np.unique(folds[rest])) >= 2:
+            predict = fit_stacker(X[rest], probs[:, rest], y[rest], folds[rest], seed)[0]
+            out[inside] = predict(X[inside], probs[:, inside])
+        else:
+            classes = np.unique(y[rest])
+            start, _ = fit_start(probs[:, rest], y[rest])
+            out[inside] = softmax_configs(start(probs[:, inside])[:, classes], classes)
+    return out
 
 
 def stack(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.ndarray, X_test: np.ndarray,
@@ -260,18 +283,17 @@ def stack(X: np.ndarray, probs: np.ndarray, y: np.ndarray, folds: np.ndarray, X_
     """Cross-fitted stacker. X float [N, F], probs float [M, N, 6] members' prob columns, y int [N], folds
     int [N], X_test float [T, F], probs_test [M, T, 6] -> oof float [N, 36] (fold k from the stacker trained
     on the other folds), test float [T, 36] (mean over the fold stackers), test_folds float [K, T, 36] (each
-    fold stacker's), inner {k: float [N, 36]} (the other folds' rows predicted by inner-CV stackers that
-    never saw fold k; fold k's rows are NaN), fitted {k: rounds, prior weights, tau, bias}, gain float [F]."""
+    fold stacker's), inner {k: float [N, 36]} (each other fold j predicted by a stacker fitted without fold k
+    and without fold j; fold k's rows are NaN), fitted {k: rounds, prior weights, tau, bias}, gain float [F]."""
     oof, test_folds = np.zeros((len(y), N_CONFIGS)), []
     inner, fitted, gain = {}, {}, np.zeros(X.shape[1])
-    ids = np.unique(folds)
-    for k in ids:
+    for k in np.unique(folds):
         rows = folds != k
-        predict, fitted[int(k)], inner_k, g = fit_stacker(X[rows], probs[:, rows], y[rows], folds[rows], seed + int(k))
+        predict, fitted[int(k)], g = fit_stacker(X[rows], probs[:, rows], y[rows], folds[rows], seed + int(k))
         oof[~rows] = predict(X[~rows], probs[:, ~rows])
         test_folds.append(predict(X_test, probs_test))
         inner[int(k)] = np.full((len(y), N_CONFIGS), np.nan)
-        inner[int(k)][rows] = inner_k
+        inner[int(k)][rows] = inner_oof(X[rows], probs[:, rows], y[rows], folds[rows], seed + int(k))
         gain += g
     test_folds = np.stack(test_folds)
     return {"oof": oof, "test": test_folds.mean(0), "test_folds": test_folds, "inner": inner, "fitted": fitted,

@@ -56,6 +56,24 @@ def test_stacked_oof_of_a_fold_ignores_that_folds_labels(how):
     assert not np.array_equal(a["oof_config"][~inside], b["oof_config"][~inside])
 
 
+@pytest.mark.parametrize("n_folds", [3, 4])
+def test_inner_stacker_predictions_of_a_fold_ignore_that_folds_labels(n_folds):
+    """The inner OOF that fold k's decoder is fitted on: each inner fold predicted by a stacker (starting
+    model, rounds, trees) fitted without it. With 4 folds the inner stackers choose rounds by CV; with 3 a
+    single fold is left for each, and its starting model alone predicts."""
+    probs, probs_test, y, folds = toy_stack_data(per_fold=60, n_folds=n_folds)
+    X, X_test = np.hstack(list(probs)), np.hstack(list(probs_test))
+    a = ensemble.stack(X, probs, y, folds, X_test, probs_test)
+    b = ensemble.stack(X, probs, relabel(y, folds, 2, "permute"), folds, X_test, probs_test)
+    inner_fold = folds == 2
+    for k in sorted(set(range(n_folds)) - {2}):
+        assert np.array_equal(a["inner"][k][inner_fold], b["inner"][k][inner_fold]), f"outer fold {k}"
+        # fold 2's labels do reach the inner predictions of the other inner folds: the test can fail
+        others = (folds != 2) & (folds != k)
+        assert not np.array_equal(a["inner"][k][others], b["inner"][k][others])
+        assert np.isnan(a["inner"][k][folds == k]).all()
+
+
 def test_stacker_test_rows_are_decoded_per_fold_and_voted(monkeypatch):
     """Each fold stacker's test output goes through that fold's decoder, as its OOF rows did, then a vote."""
     probs, probs_test, y, folds = toy_stack_data()

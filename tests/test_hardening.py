@@ -1,6 +1,6 @@
-"""Bad input as a careless user gives it (issue 12): one line naming the problem, exit 2, nothing written.
+"""Bad input as a careless user gives it: one line naming the problem, exit 2, nothing written.
 
-Each case id below is listed in README's "Bad input" section (a test checks both directions). Most cases
+Each case id below is listed in docs/bad_input.md (a test checks both directions). Most cases
 fail before the first model trains, which is the point: they cost a dataset load, not a training run.
 """
 import io
@@ -601,15 +601,14 @@ def test_report_claims_only_the_figures_it_wrote(n_figures, tmp_path, monkeypatc
         else said.endswith(f"and {n_figures} figures in {out / 'figures'}/")
 
 
-def test_readme_lists_every_bad_input_case():
-    """README's bad-input list and these tests name the same cases (both directions)."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Bad input", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
-    listed = re.findall(r"`([^`]+)`", section)  # the section backticks case ids only
+def test_docs_list_every_bad_input_case():
+    """docs/bad_input.md and these tests name the same cases (both directions)."""
+    text = (ROOT / "docs" / "bad_input.md").read_text()
+    listed = re.findall(r"`([^`]+)`", text)  # the page backticks case ids only
     cases = set(BEFORE_TRAINING) | set(OFFICIAL_ONLY) | set(NON_FINITE) | set(SCORE_ERRORS) | set(SYNTH_ERRORS) | \
         UNWRITABLE | DOCUMENTED
-    assert cases - set(listed) == set(), f"cases missing from README: {sorted(cases - set(listed))}"
-    assert set(listed) - cases == set(), f"README lists cases no test has: {sorted(set(listed) - cases)}"
+    assert cases - set(listed) == set(), f"cases missing from docs/bad_input.md: {sorted(cases - set(listed))}"
+    assert set(listed) - cases == set(), f"docs/bad_input.md lists cases no test has: {sorted(set(listed) - cases)}"
     assert len(listed) == len(set(listed))
 
 
