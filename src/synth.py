@@ -202,7 +202,7 @@ def generate(seed: int = 0, full_size: bool = False, n_train_actors: int = N_TRA
     failed = {m: rng.random(len(names)) < p for m, p in p_fail.items()}
     n_shifted_actors = int(round(shift_fraction * n_test_actors))
     is_shifted = is_test & (actor_idx < n_train_actors + n_shifted_actors)
-    features, views = {}, {}
+    features, views, failures, clean = {}, {}, {}, {}
     for modality in MODALITIES:
         protos = rng.normal(0, 1, (len(EMOTIONS), LATENT))
         distort = np.eye(LATENT) + 0.35 * rng.normal(0, 1, (n_actors, LATENT, LATENT)) / np.sqrt(LATENT)
@@ -213,14 +213,14 @@ def generate(seed: int = 0, full_size: bool = False, n_train_actors: int = N_TRA
         z = (coef * np.array(sens)) @ protos * SIGNAL
         z = np.einsum("nij,nj->ni", distort[actor_idx], z) + offset[actor_idx] + shared_noise
         private = rng.normal(0, noise, z.shape)
-        if enc in redundant:  # mostly the partner's latent, with its noise
-            z, private = features[redundant[enc]][0] * 0.9 + 0.1 * z, private * 0.5
-        z = z + private
+        if enc in redundant:  # mostly the partner's latent (before its failures), with its noise
+            z, private = clean[redundant[enc]] * 0.9 + 0.1 * z, private * 0.5
+        z = clean[enc] = z + private
         fails = failed.get(modality, np.zeros(len(names), bool)) | failed.get(enc, False)
         if shift_kind == "fail" and enc in shifted:
             fails = fails | (is_shifted & (rng.random(len(names)) < shift_strength))
         z = np.where(fails[:, None], rng.normal(0, 1.5, z.shape), z)
-        features[enc] = (z, modality)
+        features[enc], failures[enc] = (z, modality), fails
     out = {}
     for enc, (z, modality) in features.items():
         width = max(2, int(round(encoders[enc][1][1 if full_size else 0] * width_scale)))
@@ -228,7 +228,7 @@ def generate(seed: int = 0, full_size: bool = False, n_train_actors: int = N_TRA
         out[enc] = frame_statistics(rng, z, width, shifted=moved, kind=shift_kind, strength=shift_strength)
     return dict(names=names, actor_ids=actor_ids, actor_idx=actor_idx, is_test=is_test, configs=configs,
                 features=out, n_folds=n_folds, rng=rng, train_actors=actor_ids[:n_train_actors],
-                encoders=encoders, is_shifted=is_shifted)
+                encoders=encoders, is_shifted=is_shifted, failed=failures)
 
 
 def frame_statistics(rng, z: np.ndarray, width: int, shifted=None, kind: str = "affine",
