@@ -108,6 +108,9 @@ def report(ds, test_actors: np.ndarray | None = None, encoders=None, seed: int =
         present = ds.present[enc]
         X_train, X_test = ds.features[enc][: ds.n_train], ds.features[enc][ds.n_train:]
         tr_ok, te_ok = present[: ds.n_train], present[ds.n_train:]
+        if te_ok.sum() < n_splits or len(np.unique(ds.actors[tr_ok])) < 4:
+            raise UserError(f"encoder '{enc}': present in {int(te_ok.sum())} test clips and for "
+                            f"{len(np.unique(ds.actors[tr_ok]))} training actors; too few to compare")
         test_groups = test_actors if test_actors is not None else np.asarray(ds.test_files)
         groups = np.concatenate([ds.actors[tr_ok], test_groups[te_ok]])
         y = np.r_[np.zeros(tr_ok.sum(), int), np.ones(te_ok.sum(), int)]
