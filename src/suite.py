@@ -7,8 +7,9 @@ Worlds are defined once, in WORLDS below: synthetic ones written by src.synth wi
 multi-view dataset (src.mfeat). Each is built under input/suite/<world>/ (--worlds-dir moves it) and
 rebuilt only when its definition or the generator code changes (world.json records both). Every
 experiment runs on every world through the normal command line (`python -m src.experiments EXP --input
-input/suite/<world> --quiet ...`), so its outputs are the usual exp/<id>/output/<world>[@variant]/ and a
-rerun resumes finished folds. Scores come from each run's metrics.json.
+input/suite/<world> --quiet ...`), so its outputs are the usual exp/<id>/output/<world>[@variant]/ (the
+committed config's folder unless --seeds, --set or --smoke make a variant) and a rerun resumes finished
+folds. Scores come from each run's metrics.json.
 
 Choose on OOF: the table is sorted by the mean OOF rank, and the test columns are for reading afterwards.
 Results: <output root>/suite/output/<name>.json and .csv, a new name per suite run (never overwritten).
@@ -35,7 +36,6 @@ from src.experiments import ROOT, VARIANT_NAME, display_path, output_dir, output
 from src.io import write_csv, write_json
 
 WORLDS_DIR = ROOT / "input" / "suite"
-DEFAULT_SEEDS = 1  # one seed per run keeps a 5-world suite of one experiment within minutes on 2 cores
 FIGURES = ("acc_presence", "acc_salience", "score")
 # What each world tests is in docs/suite.md. Synthetic worlds: src.synth knobs; `encoders` is
 # make_encoders' arguments. Every synthetic world names its test actors (test_actor_column) for the
@@ -201,6 +201,16 @@ def results_path(name: str | None) -> Path:
     return path
 
 
+def run_sets(seeds: int | None, sets) -> list[str]:
+    """The --set list of every run: --seeds N becomes train.seeds=N; without it each experiment's own seeds."""
+    sets = list(sets)
+    if seeds is None:
+        return sets
+    if any(s.split("=", 1)[0].strip() == "train.seeds" for s in sets):
+        raise UserError("--set train.seeds and --seeds both given; use --seeds")
+    return [f"train.seeds={seeds}"] + sets
+
+
 def run_suite(experiments: list[str], worlds: dict[str, dict], root: Path = WORLDS_DIR, seeds: int | None = None,
               sets: list[str] = (), smoke: bool = False, name: str | None = None, log=print) -> tuple[pd.DataFrame, Path]:
     """Build the worlds, run every experiment on each, write the results; (per run table, results .json)."""
@@ -210,11 +220,7 @@ def run_suite(experiments: list[str], worlds: dict[str, dict], root: Path = WORL
     exp_dirs = [resolve(e) for e in experiments]
     if len({p.name for p in exp_dirs}) != len(exp_dirs):
         raise UserError(f"experiments: {' '.join(experiments)} name one experiment twice")
-    sets = list(sets)
-    if seeds is not None or not smoke:  # --smoke keeps its own budget unless --seeds is given
-        if any(s.split("=", 1)[0].strip() == "train.seeds" for s in sets):
-            raise UserError("--set train.seeds and --seeds both given; use --seeds")
-        sets = [f"train.seeds={DEFAULT_SEEDS if seeds is None else seeds}"] + sets
+    sets = run_sets(seeds, sets)
     for exp in exp_dirs:  # a bad --set fails here, before any world is built
         config_mod.load(exp, sets, smoke)
     dirs = {}
@@ -258,7 +264,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Run experiments on every world of the suite and rank them.")
     parser.add_argument("experiments", nargs="*", metavar="EXP")
     parser.add_argument("--worlds", default=None, help=f"comma-separated, default all: {','.join(WORLDS)}")
-    parser.add_argument("--seeds", type=int, default=None, help=f"train.seeds of every run (default {DEFAULT_SEEDS})")
+    parser.add_argument("--seeds", type=int, default=None, help="train.seeds of every run (default: each experiment's own)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--smoke", action="store_true", help="every run with --smoke (2 epochs, 1 seed)")
     parser.add_argument("--name", default=None, help="results file name (default: the start time)")

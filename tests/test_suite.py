@@ -82,6 +82,8 @@ def test_seeds_become_a_set_and_a_bad_set_fails_before_any_world_is_built(tmp_pa
     assert not (tmp_path / "worlds").exists()
     with pytest.raises(UserError, match="both given"):
         suite.run_suite(["exp000"], TINY_WORLDS, tmp_path / "worlds", seeds=2, sets=["train.seeds=3"])
+    assert suite.run_sets(2, ["model.dropout=0.1"]) == ["train.seeds=2", "model.dropout=0.1"]
+    assert suite.run_sets(None, ["model.dropout=0.1"]) == ["model.dropout=0.1"]
 
 
 def test_cli_errors_are_one_line(tmp_path):
