@@ -8,6 +8,7 @@
 #   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
 #   bash run.sh extract video|audio|egemaps|compare|faces [args]
 #   bash run.sh tune exp042 [--trials N] [--timeout S] [--workers K] [--storage URL] [--study NAME] [--input DIR] [--smoke]
+#   bash run.sh suite EXP [EXP ...] [--worlds a,b] [--seeds N] [--set k=v ...]    bash run.sh shift [--input DIR]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -31,7 +32,7 @@ install_requirements() {
   fi
 }
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage
 cmd="$1"; shift
@@ -70,6 +71,13 @@ case "$cmd" in
     [[ $# -ge 1 ]] || usage
     kind="$1"; shift
     exec "$PY" -m "src.features.extract_$kind" "$@" ;;
+  suite)
+    install_requirements requirements.txt
+    install_requirements requirements-extract-nodeps.txt --no-deps
+    exec "$PY" -m src.suite "$@" ;;
+  shift)
+    install_requirements requirements.txt
+    exec "$PY" -m src.shift "$@" ;;
   exp*)
     install_requirements requirements.txt
     exec "$PY" -m src.main "$cmd" "$@" ;;

@@ -26,6 +26,17 @@ Signal model, and why (each item is something the real task makes hard):
 - Test shift: for the encoders in SHIFTED, the test actors' features get a feature-wise affine change
   (recording conditions), which second-order alignment such as CORAL can reduce.
 - Noise everywhere, calibrated so the organisers' baseline protocol (exp010) reaches real-like figures.
+
+Knobs of generate()/write() (src/suite.py builds its worlds with them; every default is the dataset above):
+- encoders / redundant: another encoder table (make_encoders draws one of any size and widths) and its
+  redundant pairs.
+- p_fail: per-clip failure probability per modality (shared by its encoders) or per encoder (its own draw).
+- shifted, shift_kind, shift_strength, shift_fraction: which encoders the test recording shift hits, how
+  (SHIFT_KINDS), how hard, and on which share of the test actors (the first ones generated; the rest
+  are recorded like the training actors).
+- n_train_actors, n_test_actors, n_folds, n_dropped, width_scale: the sizes.
+- test_actor_column: test_metadata.csv also names each test clip's actor (column `actor`), so a shift
+  report can be broken down per test actor; the labels stay hidden.
 """
 from __future__ import annotations
 
@@ -54,6 +65,11 @@ ENCODERS = {
 REDUNDANT = {"wavlm": "hubert", "imagebind": "clip"}
 SHIFTED = ("clip", "videomae", "hubert")
 P_FAIL = {"audio": 0.2, "video": 0.1}
+MODALITIES = ("video", "audio")  # each modality has its own expression space; an encoder reads one
+# affine: per-feature gain and offset (what CORAL can undo); noise: extra feature noise (lost signal,
+# nothing to align); fail: the encoder carries noise only on a share of the shifted clips (a broken device)
+SHIFT_KINDS = ("affine", "noise", "fail")
+AFFINE_SHIFT = (0.25, 0.5)  # std of the log-gain and of the offset (in feature stds) at shift_strength 1
 LATENT = 16                     # dimension of the expression space each modality sees
 INTENSITY = (0.55, 0.75, 0.9, 1.05)  # amplitude of int1..int4
 ACTOR_STYLE = 0.6               # scale of the actors' private offsets
@@ -104,10 +120,66 @@ def emotion_coefficients(rng, configs, levels, actor_idx, n_actors):
     return bent * amp[:, None] * gain[actor_idx]
 
 
+def make_encoders(n: int, seed: int = 0, widths=(16, 64), n_audio: int | None = None,
+                  noise=(0.9, 1.5), sensitivity=(0.3, 1.0)) -> dict:
+    """An encoder table like ENCODERS with n encoders: video1.. then audio1.., widths drawn in [lo, hi].
+
+    Drawn from its own generator, so the dataset's draws do not depend on how the table was made.
+    """
+    if n < 1:
+        raise UserError(f"encoders: {n} asked for; a dataset needs at least 1")
+    lo, hi = widths
+    if not 1 <= lo <= hi:
+        raise UserError(f"encoder widths: [{lo}, {hi}] must satisfy 1 <= low <= high")
+    rng = np.random.default_rng(seed)
+    n_audio = n // 3 if n_audio is None else n_audio
+    if not 0 <= n_audio <= n:
+        raise UserError(f"encoders: {n_audio} audio encoders asked for out of {n}")
+    names = [f"video{i + 1}" for i in range(n - n_audio)] + [f"audio{i + 1}" for i in range(n_audio)]
+    table = {}
+    for name in names:
+        width = int(rng.integers(lo, hi + 1))
+        sens = tuple(round(float(v), 3) for v in rng.uniform(*sensitivity, len(EMOTIONS)))
+        table[name] = (name.rstrip("0123456789"), (width, width), round(float(rng.uniform(*noise)), 3), sens)
+    return table
+
+
+def check_knobs(encoders: dict, redundant: dict, p_fail: dict, shifted, shift_kind: str, shift_strength: float,
+                shift_fraction: float) -> None:
+    """One-line UserError for a knob that names an unknown encoder or holds an impossible value."""
+    for enc, (modality, *_rest) in encoders.items():
+        if modality not in MODALITIES:
+            raise UserError(f"encoder '{enc}': modality {modality!r} is not one of {', '.join(MODALITIES)}")
+    for enc, partner in redundant.items():
+        if enc not in encoders or partner not in encoders or list(encoders).index(partner) > list(encoders).index(enc):
+            raise UserError(f"redundant: '{enc}' -> '{partner}' needs both encoders, the partner listed first")
+    for key, p in p_fail.items():
+        if key not in MODALITIES and key not in encoders:
+            raise UserError(f"p_fail: '{key}' is neither a modality ({', '.join(MODALITIES)}) nor an encoder")
+        if not 0 <= p < 1:
+            raise UserError(f"p_fail: {key} = {p} is not a probability below 1")
+    unknown = [e for e in shifted if e not in encoders]
+    if unknown:
+        raise UserError(f"shifted: unknown encoder '{unknown[0]}' (known: {', '.join(encoders)})")
+    if shift_kind not in SHIFT_KINDS:
+        raise UserError(f"shift_kind: {shift_kind!r} is not one of {', '.join(SHIFT_KINDS)}")
+    if shift_strength < 0 or (shift_kind == "fail" and shift_strength > 1):
+        raise UserError(f"shift_strength: {shift_strength} must be >= 0 (a probability <= 1 for kind fail)")
+    if not 0 <= shift_fraction <= 1:
+        raise UserError(f"shift_fraction: {shift_fraction} is not a share of the test actors in [0, 1]")
+
+
 def generate(seed: int = 0, full_size: bool = False, n_train_actors: int = N_TRAIN_ACTORS,
              n_test_actors: int = N_TEST_ACTORS, n_folds: int = N_FOLDS, n_dropped: int | None = None,
-             width_scale: float = 1.0):
+             width_scale: float = 1.0, encoders: dict | None = None, redundant: dict | None = None,
+             p_fail: dict | None = None, shifted=SHIFTED, shift_kind: str = "affine", shift_strength: float = 1.0,
+             shift_fraction: float = 1.0):
     """All tables and feature matrices of one synthetic dataset, as plain objects."""
+    if redundant is None:
+        redundant = REDUNDANT if encoders is None else {}
+    encoders = ENCODERS if encoders is None else encoders
+    p_fail = P_FAIL if p_fail is None else p_fail
+    check_knobs(encoders, redundant, p_fail, shifted, shift_kind, shift_strength, shift_fraction)
     rng = np.random.default_rng(seed)
     n_actors = n_train_actors + n_test_actors
     actor_ids = [f"A{n}" for n in rng.choice(np.arange(100, 1000), n_actors, replace=False)]
@@ -127,32 +199,40 @@ def generate(seed: int = 0, full_size: bool = False, n_train_actors: int = N_TRA
     levels = np.array([-1 if lv is None else lv for lv in levels])
 
     coef = emotion_coefficients(rng, configs, levels, actor_idx, n_actors)
-    failed = {m: rng.random(len(names)) < p for m, p in P_FAIL.items()}
-    features, views = {}, {}
-    for modality in ("video", "audio"):
+    failed = {m: rng.random(len(names)) < p for m, p in p_fail.items()}
+    n_shifted_actors = int(round(shift_fraction * n_test_actors))
+    is_shifted = is_test & (actor_idx < n_train_actors + n_shifted_actors)
+    features, views, failures, clean = {}, {}, {}, {}
+    for modality in MODALITIES:
         protos = rng.normal(0, 1, (len(EMOTIONS), LATENT))
         distort = np.eye(LATENT) + 0.35 * rng.normal(0, 1, (n_actors, LATENT, LATENT)) / np.sqrt(LATENT)
         offset = ACTOR_STYLE * rng.normal(0, 1, (n_actors, LATENT))
         views[modality] = (protos, distort, offset, rng.normal(0, 0.6, (len(names), LATENT)))
-    for enc, (modality, widths, noise, sens) in ENCODERS.items():
+    for enc, (modality, widths, noise, sens) in encoders.items():
         protos, distort, offset, shared_noise = views[modality]
         z = (coef * np.array(sens)) @ protos * SIGNAL
         z = np.einsum("nij,nj->ni", distort[actor_idx], z) + offset[actor_idx] + shared_noise
         private = rng.normal(0, noise, z.shape)
-        if enc in REDUNDANT:  # mostly the partner's latent, with its noise
-            z, private = features[REDUNDANT[enc]][0] * 0.9 + 0.1 * z, private * 0.5
-        z = z + private
-        z = np.where(failed[modality][:, None], rng.normal(0, 1.5, z.shape), z)
-        features[enc] = (z, modality)
+        if enc in redundant:  # mostly the partner's latent (before its failures), with its noise
+            z, private = clean[redundant[enc]] * 0.9 + 0.1 * z, private * 0.5
+        z = clean[enc] = z + private
+        fails = failed.get(modality, np.zeros(len(names), bool)) | failed.get(enc, False)
+        if shift_kind == "fail" and enc in shifted:
+            fails = fails | (is_shifted & (rng.random(len(names)) < shift_strength))
+        z = np.where(fails[:, None], rng.normal(0, 1.5, z.shape), z)
+        features[enc], failures[enc] = (z, modality), fails
     out = {}
     for enc, (z, modality) in features.items():
-        width = max(2, int(round(ENCODERS[enc][1][1 if full_size else 0] * width_scale)))
-        out[enc] = frame_statistics(rng, z, width, shifted=is_test if enc in SHIFTED else None)
+        width = max(2, int(round(encoders[enc][1][1 if full_size else 0] * width_scale)))
+        moved = is_shifted if enc in shifted and shift_kind != "fail" else None
+        out[enc] = frame_statistics(rng, z, width, shifted=moved, kind=shift_kind, strength=shift_strength)
     return dict(names=names, actor_ids=actor_ids, actor_idx=actor_idx, is_test=is_test, configs=configs,
-                features=out, n_folds=n_folds, rng=rng, train_actors=actor_ids[:n_train_actors])
+                features=out, n_folds=n_folds, rng=rng, train_actors=actor_ids[:n_train_actors],
+                encoders=encoders, is_shifted=is_shifted, failed=failures)
 
 
-def frame_statistics(rng, z: np.ndarray, width: int, shifted=None) -> np.ndarray:
+def frame_statistics(rng, z: np.ndarray, width: int, shifted=None, kind: str = "affine",
+                     strength: float = 1.0) -> np.ndarray:
     """Latent [N, L] -> float32 [N, 7 * width]: mean, std, percentiles of a clip's frame distribution."""
     W = rng.normal(0, 1 / np.sqrt(z.shape[1]), (z.shape[1], width))
     V = rng.normal(0, 1 / np.sqrt(z.shape[1]), (z.shape[1], width))
@@ -162,15 +242,17 @@ def frame_statistics(rng, z: np.ndarray, width: int, shifted=None) -> np.ndarray
     assert len(quantiles) == len(PERCENTILES)
     blocks = [mean, spread] + [mean + q * spread for q in quantiles]
     X = np.concatenate(blocks, axis=1) + rng.normal(0, 0.05, (len(z), 7 * width))
-    if shifted is not None:  # recording shift on the test actors: per-feature gain and offset
-        gain = np.exp(rng.normal(0, 0.25, X.shape[1]))
-        bias = rng.normal(0, 0.5, X.shape[1]) * X.std(0)
+    if shifted is not None and kind == "affine":  # recording shift: per-feature gain and offset
+        gain = np.exp(rng.normal(0, AFFINE_SHIFT[0] * strength, X.shape[1]))
+        bias = rng.normal(0, AFFINE_SHIFT[1] * strength, X.shape[1]) * X.std(0)
         X[shifted] = X[shifted] * gain + bias
+    elif shifted is not None and kind == "noise":  # recording noise: strength x each feature's std
+        X[shifted] = X[shifted] + rng.normal(0, 1, (int(shifted.sum()), X.shape[1])) * strength * X.std(0)
     return X.astype(np.float32)
 
 
-def write(out: Path, seed: int = 0, full_size: bool = False, **kwargs) -> Path:
-    """Write a dataset folder following the contract; returns its path."""
+def write(out: Path, seed: int = 0, full_size: bool = False, test_actor_column: bool = False, **kwargs) -> Path:
+    """Write a dataset folder following the contract; returns its path. kwargs: the knobs of generate."""
     out = Path(out)
     g = generate(seed, full_size, **kwargs)
     rng, names, is_test = g["rng"], g["names"], g["is_test"]
@@ -185,7 +267,10 @@ def write(out: Path, seed: int = 0, full_size: bool = False, **kwargs) -> Path:
     test_labels = pd.concat([pd.DataFrame({"filename": test_names}), label_columns(g["configs"][te])], axis=1)
 
     write_csv(out / "train_metadata.csv", train)
-    write_csv(out / "test_metadata.csv", test_labels[["filename"]])
+    test_meta = test_labels[["filename"]]
+    if test_actor_column:
+        test_meta = test_meta.assign(actor=[n.split("_")[0] for n in names[te]])
+    write_csv(out / "test_metadata.csv", test_meta)
     write_csv(out / "test_labels.csv", test_labels)
     # the template holds random legal labels, like the organisers' CodaBench template
     template = {n: [{"emotion": e, "salience": float(s) if s == 100 else s}
@@ -195,8 +280,8 @@ def write(out: Path, seed: int = 0, full_size: bool = False, **kwargs) -> Path:
     row_names = np.concatenate([names[tr], [n[:-4] for n in test_names]])
     for enc, X in g["features"].items():
         write_npz(out / "features" / f"{enc}.npz", X=np.concatenate([X[tr], X[te]]), filenames=row_names)
-    write_csv(out / "encoders.csv", pd.DataFrame({"encoder": list(ENCODERS),
-                                                 "modality": [m for m, *_ in ENCODERS.values()]}))
+    write_csv(out / "encoders.csv", pd.DataFrame({"encoder": list(g["encoders"]),
+                                                 "modality": [m for m, *_ in g["encoders"].values()]}))
     return out
 
 
