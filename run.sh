@@ -77,7 +77,7 @@ case "$cmd" in
     exec "$PY" -m src.suite "$@" ;;
   shift)
     install_requirements requirements.txt
-    exec "$PY" -m src.shift "$@" ;;
+    exec "$PY" -m src.analysis.shift "$@" ;;
   exp*)
     install_requirements requirements.txt
     exec "$PY" -m src.main "$cmd" "$@" ;;

@@ -3,7 +3,7 @@
     python -m src.suite EXP [EXP ...] [--worlds a,b] [--seeds N] [--set k=v ...] [--smoke] [--name NAME]
     python -m src.suite --build-only [--worlds a,b]                       (bash run.sh suite ...)
 
-Worlds are defined once, in WORLDS below: synthetic ones written by src.synth with its knobs, and a real
+Worlds are defined once, in WORLDS below: synthetic ones written by src/data/synth.py with its knobs, and a real
 multi-view dataset (src.mfeat). Each is built under input/suite/<world>/ (--worlds-dir moves it) and
 rebuilt only when its definition or the generator code changes (world.json records both). Every
 experiment runs on every world through the normal command line (`python -m src.experiments EXP --input
@@ -30,10 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from src import config as config_mod
 from src.errors import UserError, cli
-from src.experiments import ROOT, VARIANT_NAME, display_path, output_dir, output_root, resolve, variant_name
 from src.io import write_csv, write_json
+from src.run import config as config_mod
+from src.run.config import variant_name
+from src.run.experiments import ROOT, VARIANT_NAME, display_path, output_dir, output_root, resolve
 
 WORLDS_DIR = ROOT / "input" / "suite"
 FIGURES = ("acc_presence", "acc_salience", "score")
@@ -66,7 +67,7 @@ WORLDS = {
 }
 SYNTH_KEYS = {"seed", "n_train_actors", "n_test_actors", "n_folds", "n_dropped", "width_scale", "encoders",
               "redundant", "p_fail", "shifted", "shift_kind", "shift_strength", "shift_fraction"}
-GENERATOR_CODE = ("src/synth.py", "src/mfeat.py", "src/labels.py", "src/io.py")
+GENERATOR_CODE = ("src/data/synth.py", "src/data/mfeat.py", "src/labels.py", "src/io.py")
 
 
 # ---- worlds --------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def world_key(definition: dict) -> str:
     for rel in GENERATOR_CODE:
         h.update((ROOT / rel).read_bytes())
     if definition.get("source") == "mfeat":
-        from src.mfeat import PACKAGE_VERSION
+        from src.data.mfeat import PACKAGE_VERSION
         h.update(PACKAGE_VERSION.encode())
     return h.hexdigest()[:16]
 
@@ -95,10 +96,10 @@ def write_world(folder: Path, definition: dict) -> None:
     """Write one world's dataset folder (synthetic or real) from its definition."""
     knobs = {k: v for k, v in definition.items() if k != "source"}
     if definition["source"] == "mfeat":
-        from src.mfeat import write
+        from src.data.mfeat import write
         write(folder, **knobs)
         return
-    from src import synth
+    from src.data import synth
     if "encoders" in knobs:
         spec = dict(knobs["encoders"])
         knobs["encoders"] = synth.make_encoders(spec.pop("n"), **{k: tuple(v) if isinstance(v, list) else v
@@ -133,7 +134,7 @@ def build(name: str, definition: dict, root: Path = WORLDS_DIR) -> Path:
 # ---- runs ----------------------------------------------------------------------------------------------
 def run_one(exp_dir: Path, world_dir: Path, smoke: bool, sets: list[str]) -> dict:
     """Run one experiment on one world through the command line; its metrics (or the error) and wall time."""
-    cmd = [sys.executable, "-m", "src.experiments", exp_dir.name, "--input", str(world_dir), "--quiet"]
+    cmd = [sys.executable, "-m", "src.main", exp_dir.name, "--input", str(world_dir), "--quiet"]
     cmd += ["--smoke"] * smoke + [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()

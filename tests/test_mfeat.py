@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src import data, mfeat
+from src import data
+from src.data import mfeat
 from src.errors import UserError
 from src.labels import CONFIGS, IS_BLEND
 

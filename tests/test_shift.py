@@ -5,9 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
-from src import data, shift, synth
+from src import data
+from src.analysis import shift
+from src.data import synth
 from src.errors import UserError
+
+from conftest import run_cli
 
 ENCODERS = synth.make_encoders(3, seed=1, widths=(6, 10), n_audio=1)  # video1, video2, audio1
 
@@ -68,7 +71,7 @@ def test_without_test_actors_and_deterministic(tmp_path):
 
 def test_cli_prints_and_writes(tmp_path, exp_root):
     path = world(tmp_path / "clitiny")
-    proc = run_cli("src.shift", "--input", path, "--encoders", "video2,audio1")
+    proc = run_cli("src.analysis.shift", "--input", path, "--encoders", "video2,audio1")
     assert "video2" in proc.stdout and "YES" in proc.stdout
     table = pd.read_csv(exp_root / "shift" / "output" / "clitiny" / "shift.csv")
     assert list(table["encoder"]) == ["video2", "audio1"]
@@ -77,7 +80,7 @@ def test_cli_prints_and_writes(tmp_path, exp_root):
 
 def test_bad_inputs_are_one_line(tmp_path):
     path = world(tmp_path / "bad")
-    proc = run_cli("src.shift", "--input", path, "--encoders", "nope", check=False)
+    proc = run_cli("src.analysis.shift", "--input", path, "--encoders", "nope", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr
     meta = pd.read_csv(path / "test_metadata.csv")
     meta.assign(actor="A1").to_csv(path / "test_metadata.csv", index=False)  # one test actor

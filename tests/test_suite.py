@@ -7,9 +7,10 @@ import math
 import pandas as pd
 import pytest
 
-from conftest import output_dir, run_cli
 from src import suite
 from src.errors import UserError
+
+from conftest import output_dir, run_cli
 
 TINY_WORLDS = {
     "tiny7": {"source": "synth", "seed": 0, "n_train_actors": 6, "n_test_actors": 2, "n_folds": 3, "width_scale": 0.25},

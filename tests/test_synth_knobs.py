@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 from sklearn.feature_selection import f_classif
 
-from src import data, synth
+from src import data
+from src.data import synth
 from src.errors import UserError
+
 from conftest import TINY
 
 # sha256 over (relative path, bytes) of every file, sorted by path; measured before the knobs were added

