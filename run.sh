@@ -6,7 +6,8 @@
 #   bash run.sh ensemble exp040 exp042    bash run.sh leaderboard [--smoke]    bash run.sh score PRED LABELS
 #   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
 #   bash run.sh extract video|audio|egemaps|compare|faces [args]
-#   bash run.sh tune exp042 [--trials N] [--timeout S] [--workers K] [--storage URL] [--study NAME] [--input DIR] [--smoke]
+#   bash run.sh tune exp042 [--trials N] [--workers K] [--storage URL] [--study NAME] [--input DIR] [--smoke] [--summary]
+#   bash run.sh db start|stop|url        (a local PostgreSQL server for shared studies; see docs/tuning.md)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -30,7 +31,7 @@ install_requirements() {
   fi
 }
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 1 ]] || usage
 cmd="$1"; shift
@@ -58,6 +59,9 @@ case "$cmd" in
     [[ $# -ge 1 ]] || usage
     kind="$1"; shift
     exec "$PY" -m "src.features.extract_$kind" "$@" ;;
+  db)
+    install_requirements requirements.txt
+    exec "$PY" -m src.db "$@" ;;
   exp*)
     install_requirements requirements.txt
     exec "$PY" -m src.experiments "$cmd" "$@" ;;
