@@ -9,6 +9,7 @@ PostgreSQL refuses to run as root, so as root the server runs as the `postgres` 
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import os
 import pwd
@@ -222,13 +223,18 @@ def check_url(url: str) -> None:
 
 
 def connection_lost(err: BaseException) -> bool:
-    """True when err (or what caused it) says the database connection failed, not the statement."""
-    while err is not None:
+    """True when err, or an error it was raised from or while handling, says the connection failed.
+
+    A lost connection can surface as a later statement's PendingRollbackError, raised while handling it.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
         if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return True
         if isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated:
             return True
-        err = err.__cause__
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
     return False
 
 
@@ -245,13 +251,27 @@ class DatabaseLost(Exception):
     """The study database stayed unreachable for longer than a worker waits; the message names the URL."""
 
 
-# Storage calls that may be repeated after a lost connection: reads, and writes of the same value again.
+def lost_in(err: BaseException) -> DatabaseLost | None:
+    """The DatabaseLost behind err, if any: optuna's trial loop can replace it with an error of its own while
+    handling it (it reads the trial back from the same lost database)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, DatabaseLost):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+# Storage calls that may be repeated after a lost connection: reads, and writes of the same value again. Each
+# runs in a transaction of its own; the private ones are what optuna's cache layer calls on its RDB backend.
 RETRIED = ("create_new_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
            "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
            "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
            "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
            "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
-           "get_best_trial", "_get_stale_trial_ids")
+           "get_best_trial", "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+           "_get_stale_trial_ids")
 
 
 class SharedStorage(optuna.storages.RDBStorage):
@@ -269,9 +289,20 @@ class SharedStorage(optuna.storages.RDBStorage):
             if not connection_lost(err):
                 raise
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, plus running trials older than the grace period that never got a heartbeat
+        nor their 'worker' attribute (tune writes it first): their worker lost the database right after
+        creating them, and Optuna, which only looks at heartbeats, would leave them running for ever."""
+        stale = super()._get_stale_trial_ids(study_id)
+        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.grace_period)
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if "worker" not in t.user_attrs and t.datetime_start < cutoff and t._trial_id not in stale:
+                stale.append(t._trial_id)
+        return stale
+
 
 def _retrying(name: str):
-    method = getattr(optuna.storages.RDBStorage, name)
+    method = getattr(SharedStorage, name)  # its own override where it has one, else RDBStorage's
 
     def call(self, *args, **kwargs):
         deadline = time.monotonic() + self.reconnect_s

@@ -215,8 +215,8 @@ class TrialTakenOver(Exception):
     """Another worker failed this trial as stale (and retries it) while this worker still ran it."""
 
 
-def make_objective(exp_dir: Path, args, tune, space: dict, taken: list):
-    def objective(trial: optuna.Trial) -> float:
+def make_objective(exp_dir: Path, args, tune, space: dict, storage, taken: list):
+    def run(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", HOST)
         trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
         params = suggest(trial, space)
@@ -233,11 +233,17 @@ def make_objective(exp_dir: Path, args, tune, space: dict, taken: list):
             trial.set_user_attr("error", str(err))
             raise
         trial.set_user_attr("output", display_path(result["out"]))
-        if trial.number in [t.number for t in trial.study.get_trials(
-                deepcopy=False, states=(optuna.trial.TrialState.FAIL,))]:
-            taken.append(trial.number)
-            raise TrialTakenOver(f"trial {trial.number}")
+        # Asked of the database itself: optuna's cache keeps this process's own trial as it last wrote it.
+        if storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.RUNNING:
+            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is no longer running")
         return objective_value(result["metrics"], tune.metric)
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return run(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # any write to the trial, or the check above
+            taken.append(trial.number)
+            raise TrialTakenOver(f"trial {trial.number}") from None
     return objective
 
 
@@ -308,7 +314,7 @@ def finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def work(study, exp_dir: Path, args, tune, space) -> None:
+def work(study, storage, exp_dir: Path, args, tune, space) -> None:
     """One worker: run trials until the study holds --trials finished ones (or --timeout, or the grid ends).
 
     A worker also stops after --trials failed trials of its own, so a space that keeps failing cannot loop.
@@ -322,7 +328,7 @@ def work(study, exp_dir: Path, args, tune, space) -> None:
             study.stop()
 
     deadline = time.monotonic() + args.timeout if args.timeout else None
-    objective = make_objective(exp_dir, args, tune, space, taken)
+    objective = make_objective(exp_dir, args, tune, space, storage, taken)
     while finished(study) < args.trials and len(failed) < args.trials:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
@@ -331,11 +337,15 @@ def work(study, exp_dir: Path, args, tune, space) -> None:
             study.optimize(objective, timeout=left, callbacks=[log_trial, stop_when_done], catch=(UserError,),
                            gc_after_trial=True)
             break  # stopped by a callback, timed out, or the grid is exhausted
-        except Exception:
+        except Exception as err:
+            lost = db.lost_in(err)
+            if lost:
+                raise lost from None
             if not taken:
                 raise
-            print(f"trial {taken.pop()} was failed by another worker while this one ran it (no heartbeat for "
-                  f"{args.heartbeat * db.GRACE_BEATS} s); its retry counts instead", file=sys.stderr, flush=True)
+            print(f"trial {taken.pop()} was marked failed by another worker while this one ran it (its heartbeats "
+                  f"missed the database for over {args.heartbeat * db.GRACE_BEATS} s): result dropped, its retry "
+                  "counts instead", file=sys.stderr, flush=True)
     if len(failed) >= args.trials:
         print(f"this worker stopped after {len(failed)} failed trials", file=sys.stderr)
 
@@ -414,7 +424,9 @@ def write_figures(study, folder: Path) -> list[str]:
 
 def importances(study) -> dict:
     try:
-        return {k: round(float(v), 6) for k, v in optuna.importance.get_param_importances(study).items()}
+        with warnings.catch_warnings():  # "too few trials": the summary says how many there were
+            warnings.simplefilter("ignore")
+            return {k: round(float(v), 6) for k, v in optuna.importance.get_param_importances(study).items()}
     except (ValueError, RuntimeError, ZeroDivisionError):
         return {}  # fewer than two finished trials, or a single point in the space
 
@@ -580,12 +592,12 @@ def run_study(exp_dir: Path, args) -> None:
     tune = cfg.tune
     if args.write_child and args.smoke:
         raise UserError(smoke_child_error())
+    storage = db.open_storage(args.storage, args.heartbeat) if args.storage else None  # a bad URL fails first
     ds = load_dataset(cfg, args.input)
     space = parse_space(exp_dir, tune, args.sets, args.smoke, ds)  # every spec and data error before any trial
     args.trials = args.trials or tune.trials
     args.study = args.study or f"{exp_dir.name[:6]}-{ds.name}" + ("-smoke" if args.smoke else "")
     args.folder = tune_dir(exp_dir, ds.name, args.study)
-    storage = db.open_storage(args.storage, args.heartbeat) if args.storage else None  # before any folder is made
     if storage is None:
         args.folder.mkdir(parents=True, exist_ok=True)
         args.storage = f"sqlite:///{args.folder / 'study.db'}"
@@ -593,12 +605,12 @@ def run_study(exp_dir: Path, args) -> None:
     identity = study_identity(exp_dir, ds.name, args, tune, space)
     study = open_study(args, tune, space, identity, storage)  # created once, before workers race to
     if args.worker:
-        work(study, exp_dir, args, tune, space)
+        work(study, storage, exp_dir, args, tune, space)
         return
     interrupted = False
     try:
         if args.workers == 1:
-            work(study, exp_dir, args, tune, space)
+            work(study, storage, exp_dir, args, tune, space)
         elif spawn_workers(args, args.workers) != 0:
             raise UserError(f"a tune worker failed; see its output above (study {args.study})")
     except KeyboardInterrupt:

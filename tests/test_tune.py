@@ -237,3 +237,42 @@ def test_sigterm_mid_trial_ends_the_study_and_its_worker_pool(make_dataset, exp_
     assert proc.returncode == 128 + signal.SIGTERM
     time.sleep(0.5)
     assert not [p for p in pool if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read()]
+
+
+def test_a_trial_failed_by_another_worker_is_dropped_not_duplicated(make_dataset, exp_root):
+    """A worker whose trial another worker declared dead (heartbeat silent too long) drops its own result."""
+    data = make_dataset()
+    storage = created_study(exp_root, data, "taken")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "src.tune", "exp042", "--input", str(data), "--smoke", "--set", SMOKE_SPACE,
+           "--set", "train.num_threads=1", "--study", "taken", "--trials", "1", "--no-rerun"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rdb = optuna.storages.RDBStorage(storage)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        running = [t for t in optuna.load_study(study_name="taken", storage=rdb).trials
+                   if t.state == optuna.trial.TrialState.RUNNING and "worker" in t.user_attrs]
+        if running:
+            break
+        time.sleep(0.1)
+    assert running, "the trial never started"
+    rdb.set_trial_state_values(running[0]._trial_id, optuna.trial.TrialState.FAIL)  # as a stale-trial check does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "trial 0 was marked failed by another worker while this one ran it" in err and "Traceback" not in err
+    states = [t.state.name for t in optuna.load_study(study_name="taken", storage=storage).trials]
+    assert states == ["FAIL", "COMPLETE"]
+
+
+def test_a_trial_left_running_without_any_heartbeat_is_failed_and_retried(make_dataset, exp_root):
+    """A worker that lost the database right after creating its trial left no heartbeat: Optuna alone would
+    keep that trial RUNNING for ever; the next worker fails it after the grace period and retries it."""
+    data = make_dataset()
+    storage = created_study(exp_root, data, "orphan")
+    orphan = optuna.load_study(study_name="orphan", storage=storage).ask()  # RUNNING, never told, never beating
+    time.sleep(4 * 1 + 0.5)  # 4 heartbeats of 1 s
+    tune("exp042", data, "--set", SMOKE_SPACE, "--study", "orphan", "--trials", "1", "--heartbeat", "1",
+         "--no-rerun")
+    trials = optuna.load_study(study_name="orphan", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].system_attrs["failed_trial"] == orphan.number
