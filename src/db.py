@@ -45,7 +45,8 @@ class NotInstalled(UserError):
 
 def find_bin() -> Path | None:
     """The newest Debian server installation's bin folder, else the folder of a pg_ctl on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]))
+    version = lambda p: tuple(int(x) for x in Path(p).parts[-3].split(".") if x.isdigit())  # 15, or 9.6
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=version)
     if found:
         return Path(found[-1]).parent
     on_path = shutil.which("pg_ctl")
@@ -280,6 +281,7 @@ class SharedStorage(optuna.storages.RDBStorage):
 
     def __init__(self, url: str, reconnect_s: float, **kwargs):
         self.reconnect_s = reconnect_s
+        self.lost = False  # once a call has given up, the calls made while failing the trial do not wait again
         super().__init__(url, **kwargs)
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -305,14 +307,17 @@ def _retrying(name: str):
     method = getattr(SharedStorage, name)  # its own override where it has one, else RDBStorage's
 
     def call(self, *args, **kwargs):
-        deadline = time.monotonic() + self.reconnect_s
+        deadline = time.monotonic() + (0 if self.lost else self.reconnect_s)
         while True:
             try:
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
+                self.lost = False
+                return result
             except Exception as err:  # noqa: BLE001 - StorageInternalError wraps SQLAlchemy's errors
                 if not connection_lost(err):
                     raise
                 if time.monotonic() >= deadline:
+                    self.lost = True
                     raise DatabaseLost(f"lost the study database {shown_url(self.url)} for more than "
                                        f"{self.reconnect_s:.0f} s ({reason(err)}); rerun the same command "
                                        "to continue the study") from None

@@ -637,6 +637,9 @@ def main(argv=None):
     except Terminated:
         stop_children()
         sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:  # a spawned worker (the main process summarises instead)
+        stop_children()
+        sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

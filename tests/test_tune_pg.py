@@ -134,6 +134,9 @@ def test_db_start_reuses_the_server_and_bad_urls_fail_before_training(server, da
     shown = subprocess.run(["bash", str(ROOT / "run.sh"), "db", "url", "--dir", str(server.folder)], cwd=ROOT,
                            capture_output=True, text=True)
     assert shown.returncode == 0 and shown.stdout.strip() == server.url, shown.stderr
+    nothing = db_command("url", server.folder / "nosuch")
+    assert nothing.returncode == 2 and nothing.stderr.startswith("error: ") and "no cluster here" in nothing.stderr
+    assert db_command("stop", server.folder / "nosuch").stdout.startswith("not running")
     host_port = server.url.rsplit("@", 1)[1].rsplit("/", 1)[0]
     password = server.url.split(":")[2].split("@")[0]
     cases = {
@@ -178,12 +181,6 @@ def test_independent_workers_form_one_study_and_any_machine_writes_the_child(ser
     assert body["parent"] == EXP and body["model"]["dropout"] == best.params["model.dropout"]
     assert body["train"] == {"epochs": 2, "seeds": 1, "num_threads": 1}
     assert f"study 'shared' ({server.shown}, dataset tiny_pg," in body["note"]
-    # a smoke study keeps no child, whoever asks
-    smoke = Worker(server, "smoke", dataset, tmp_path / "machine4", 1)
-    assert smoke.wait() == 0
-    proc = subprocess.run([sys.executable, "-m", "src.tune", EXP, "--storage", server.url, "--study", "smoke",
-                           "--summary", "--write-child"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "a --smoke study's trials ran on the smoke budget" in proc.stderr
 
 
 def test_kill_9_mid_trial_is_failed_by_heartbeat_and_retried(server, dataset, tmp_path):
@@ -198,6 +195,10 @@ def test_kill_9_mid_trial_is_failed_by_heartbeat_and_retried(server, dataset, tm
     os.kill(a.pid, signal.SIGKILL)
     killed_at = time.time()
     assert a.wait(10) == -signal.SIGKILL
+    # b sits out the grace period, so that it surely starts a trial after a's went stale, however fast trials are
+    b.proc.send_signal(signal.SIGSTOP)
+    time.sleep(4 * heartbeat + 1)
+    b.proc.send_signal(signal.SIGCONT)
     assert b.wait() == 0, b.stderr()
 
     trials = server.trials("kill")
@@ -206,14 +207,22 @@ def test_kill_9_mid_trial_is_failed_by_heartbeat_and_retried(server, dataset, tm
     assert dead.state == STATES.FAIL and len(retries) == 1
     assert retries[0].state == STATES.COMPLETE and retries[0].params == dead.params
     assert retries[0].user_attrs["worker"].endswith(f":{b.pid}")
-    # Stated time: stale after 4 heartbeats; failed when the surviving worker next starts a trial.
+    # Stated time: stale after 4 heartbeats, failed when the surviving worker next starts a trial (here after
+    # its pause and the rest of the trial it was running).
     failed_after = dead.datetime_complete.timestamp() - killed_at
-    assert 4 * heartbeat - 1 <= failed_after <= 4 * heartbeat + 60, failed_after
+    assert failed_after <= 4 * heartbeat + 1 + 60, failed_after
     assert len(finished(trials)) >= requested
     assert_one_study(trials)
     result = figures(trials, requested)
     assert result["lost"] == 0 and result["retried"] == 1
     print("figures, kill -9:", json.dumps({**result, "failed_after_kill_s": round(failed_after, 1)}))
+
+    # a smoke study keeps no child, whoever asks
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BLEMORE_OUTPUT_ROOT": str(tmp_path / "c")}
+    proc = subprocess.run([sys.executable, "-m", "src.tune", EXP, "--storage", server.url, "--study", "kill",
+                           "--summary", "--write-child"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "a --smoke study's trials ran on the smoke budget" in proc.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_server_restart_mid_study_loses_and_duplicates_nothing(server, dataset, tmp_path):
@@ -229,11 +238,22 @@ def test_server_restart_mid_study_loses_and_duplicates_nothing(server, dataset, 
              90, "a trial started after the restart to finish")
     assert a.proc.poll() in (None, 0) and b.proc.poll() in (None, 0), (a.stderr(), b.stderr())
 
-    # A long outage while a trial trains: each worker gives up with one line naming the URL.
-    wait_for(lambda: [t for t in server.trials("restart") if t.state == STATES.RUNNING
-                      and time.time() - t.datetime_start.timestamp() > 0.5], 60, "a trial in training")
+    # A long outage while a trial trains: each worker gives up with one line naming the URL. The workers are
+    # frozen while the server stops, so that the outage surely catches a trial in training, however fast.
+    def frozen_mid_trial():
+        wait_for(lambda: [t for t in server.trials("restart") if t.state == STATES.RUNNING and "worker" in t.user_attrs],
+                 60, "a trial in training")
+        for w in (a, b):
+            w.proc.send_signal(signal.SIGSTOP)
+        if [t for t in server.trials("restart") if t.state == STATES.RUNNING]:
+            return True
+        for w in (a, b):
+            w.proc.send_signal(signal.SIGCONT)
+    wait_for(frozen_mid_trial, 90, "both workers frozen while a trial trains")
     middle = {t.number: (t.value, t.params) for t in finished(server.trials("restart"))}
     assert len(middle) < requested and server.ctl("stop").returncode == 0
+    for w in (a, b):
+        w.proc.send_signal(signal.SIGCONT)
     codes = [w.wait(120) for w in (a, b)]
     for w, code in zip((a, b), codes):
         if code == 0:  # it finished the study before it needed the database again
