@@ -7,8 +7,9 @@
 #   bash run.sh compare exp040 exp043 [--input DIR]   bash run.sh results [--dry-run] [--render-only]
 #   bash run.sh synth --out DIR           bash run.sh test [pytest args]       bash run.sh bench [--full-size]
 #   bash run.sh extract video|audio|egemaps|compare|faces [args]
-#   bash run.sh tune exp042 [--trials N] [--timeout S] [--workers K] [--storage URL] [--study NAME] [--input DIR] [--smoke]
+#   bash run.sh tune exp042 [--trials N] [--workers K] [--storage URL] [--study NAME] [--input DIR] [--smoke] [--summary]
 #   bash run.sh suite EXP [EXP ...] [--worlds a,b] [--seeds N] [--set k=v ...]    bash run.sh shift [--input DIR]
+#   bash run.sh db start|stop|url        (a local PostgreSQL server for shared studies; see docs/tuning.md)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -78,6 +79,9 @@ case "$cmd" in
   shift)
     install_requirements requirements.txt
     exec "$PY" -m src.analysis.shift "$@" ;;
+  db)
+    install_requirements requirements.txt
+    exec "$PY" -m src.db "$@" ;;
   exp*)
     install_requirements requirements.txt
     exec "$PY" -m src.main "$cmd" "$@" ;;

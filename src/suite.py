@@ -148,7 +148,7 @@ def run_one(exp_dir: Path, world_dir: Path, smoke: bool, sets: list[str]) -> dic
     metrics = json.loads((out / "metrics.json").read_text())
     for part in ("oof", "test"):
         for key in FIGURES:
-            row[f"{part}_{key}"] = metrics.get(part, {}).get(key, math.nan)
+            row[f"{part}_{key}"] = (metrics.get(part) or {}).get(key, math.nan)
     return row | {"runtime_s": metrics.get("runtime_s", math.nan)}
 
 

@@ -1,21 +1,27 @@
 """Optuna sweeps over an experiment's `tune:` space; every trial is a variant run of that experiment.
 
     bash run.sh tune exp042 [--trials N] [--timeout S] [--workers K] [--storage URL] [--study NAME]
-                            [--input DIR] [--smoke]
+                            [--input DIR] [--smoke] [--heartbeat S] [--no-rerun] [--write-child]
+    bash run.sh tune exp042 [--storage URL] [--study NAME] --summary [--write-child]
 The study lives in a storage (default: SQLite under the experiment's tune folder), so rerunning the same
 command continues it, K local workers share it, and workers on other machines join it through
-`--storage postgresql://...`. At the end: the best trials, trials.csv, importances, two figures, and the best
-trial's overrides as a new child experiment.
+`--storage postgresql://...` (docs/tuning.md). At the end: the trials table (OOF only), trials.csv, importances,
+two figures, then the chosen trial's test score and a fresh-seed rerun of it; its overrides become a child
+experiment only with --write-child.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -25,22 +31,28 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from src import db
 from src.errors import UserError, cli
 from src.io import write_csv, write_json, write_text
 from src.run import config as config_mod
-from src.run.experiments import DEFAULT_INPUT, all_experiments, display_path, new_experiments_dir, outputs_of, resolve
+from src.run.experiments import (DEFAULT_INPUT, ROOT, all_experiments, display_path, new_experiments_dir, outputs_of,
+                                 resolve)
 
 KINDS = ("int", "float", "categorical")
-FRESH_SEED_OFFSET = 1000  # the confirmation rerun uses seed + this, a seed no trial of the study used
+FRESH_SEED_OFFSET = 1000  # the winner's rerun uses seed + this, a seed no trial of the study used
+HOST = socket.gethostname()
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+RERUN_NOTE = "the chosen configuration again with a new seed on the same rows: removes seed luck, not selection bias"
 
 
 # ---- the search space -------------------------------------------------------------------------------------
 
-def parse_space(exp_dir: Path, tune, sets: list[str] = (), smoke: bool = False) -> dict[str, dict]:
+def parse_space(exp_dir: Path, tune, sets: list[str] = (), smoke: bool = False, ds=None) -> dict[str, dict]:
     """tune.space -> {key.path: {kind, low, high, log, step | choices}}; every problem is one UserError.
 
     Types come from the schema and bounds are checked by resolving the experiment with each bound set,
-    so the ranges in src/config.py apply to a search space exactly as they apply to `--set`.
+    so the ranges in src/config.py apply to a search space exactly as they apply to `--set`; with the
+    dataset ds, each bound must also fit it (e.g. model.top_n at most its number of encoders).
     """
     if not tune.space:
         raise UserError(f"{exp_dir.name}/config.yaml: tune.space is empty; add e.g. "
@@ -58,48 +70,86 @@ def parse_space(exp_dir: Path, tune, sets: list[str] = (), smoke: bool = False) 
             raise UserError(f"{where}: expected one of {{int: [low, high]}}, {{float: [low, high]}} or "
                             f"{{categorical: [a, b, ...]}} (optional log, step), got {spec!r}")
         kind = kinds[0]
-        values = spec[kind]
-        if kind == "categorical":
-            if not isinstance(values, list) or not values:
-                raise UserError(f"{where}: categorical needs a non-empty list of choices, got {values!r}")
-            entry = {"kind": kind, "choices": values}
-        else:
-            allowed = (int,) if kind == "int" else (int, float)
-            if (not isinstance(values, list) or len(values) != 2
-                    or not all(isinstance(v, allowed) and not isinstance(v, bool) for v in values)):
-                raise UserError(f"{where}: {kind} needs [low, high] as {kind}s, got {values!r}")
-            if not config_mod.admits(tp, kind):
-                raise UserError(f"{where}: a {kind} distribution does not fit the key's type "
-                                f"({config_mod.type_name(tp)})")
-            low, high = (float(v) for v in values) if kind == "float" else values
-            if low > high:
-                raise UserError(f"{where}: low {low} is above high {high}")
-            log, step = bool(spec.get("log", False)), spec.get("step")
-            if log and low <= 0:
-                raise UserError(f"{where}: log scale needs low > 0, got {low}")
-            if log and step is not None:
-                raise UserError(f"{where}: log and step cannot be combined")
-            entry = {"kind": kind, "low": low, "high": high, "log": log, "step": step}
-        for value in grid_values(entry, where, required=False) or [entry.get("low"), entry.get("high")]:
-            try:  # the schema's own type and range check, as for --set
-                config_mod.load(exp_dir, [*sets, *overrides({path: value})], smoke)
-            except UserError as err:
-                raise UserError(f"{where}: value {value!r} is not accepted ({str(err).split(': ', 1)[-1]})") from None
+        entry = (parse_choices(spec[kind], where) if kind == "categorical"
+                 else parse_range(kind, spec, tp, where))
+        for value in bound_values(entry):
+            check_value(exp_dir, path, value, sets, smoke, ds, where)
         space[path] = entry
     return space
 
 
-def grid_values(entry: dict, where: str, required: bool = True) -> list | None:
-    """Every value of one dimension for the grid sampler; None (or an error) when it is continuous."""
+def is_number(v, kind: str) -> bool:
+    allowed = (int,) if kind == "int" else (int, float)
+    return isinstance(v, allowed) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_choices(values, where: str) -> dict:
+    if not isinstance(values, list) or not values:
+        raise UserError(f"{where}: categorical needs a non-empty list of choices, got {values!r}")
+    odd = [v for v in values if not (v is None or isinstance(v, (bool, int, float, str)))]
+    if odd:  # Optuna stores a choice as one JSON scalar
+        raise UserError(f"{where}: a choice must be a number, a string, true/false or null, got {odd[0]!r}")
+    return {"kind": "categorical", "choices": values}
+
+
+def parse_range(kind: str, spec: dict, tp, where: str) -> dict:
+    values = spec[kind]
+    if not isinstance(values, list) or len(values) != 2 or not all(is_number(v, kind) for v in values):
+        what = "ints" if kind == "int" else "finite numbers"
+        raise UserError(f"{where}: {kind} needs [low, high] as {what}, got {values!r}")
+    if not config_mod.admits(tp, kind):
+        raise UserError(f"{where}: a {kind} distribution does not fit the key's type ({config_mod.type_name(tp)})")
+    low, high = (float(v) for v in values) if kind == "float" else values
+    if low > high:
+        raise UserError(f"{where}: low {low} is above high {high}")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise UserError(f"{where}: log must be true or false, got {log!r}")
+    if step is not None and not (is_number(step, kind) and step > 0):
+        raise UserError(f"{where}: step must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
+    if log and low <= 0:
+        raise UserError(f"{where}: log scale needs low > 0, got {low}")
+    if log and step is not None:
+        raise UserError(f"{where}: log and step cannot be combined")
+    return {"kind": kind, "low": low, "high": high, "log": log, "step": step}
+
+
+def bound_values(entry: dict) -> list:
+    """The values a trial can reach at the edges: every choice, or low and the highest point on the step grid."""
+    if entry["kind"] == "categorical":
+        return list(entry["choices"])
+    low, high, step = entry["low"], entry["high"], entry["step"]
+    if step:
+        high = low + (high - low) // step * step if entry["kind"] == "int" else round(
+            low + math.floor((high - low) / step + 1e-9) * step, 12)
+    return [low] if high == low else [low, high]
+
+
+def check_value(exp_dir: Path, path: str, value, sets, smoke: bool, ds, where: str) -> None:
+    """The experiment resolves with path=value (schema types and ranges) and, given ds, fits that dataset."""
+    try:
+        cfg = config_mod.load(exp_dir, [*sets, *overrides({path: value})], smoke)
+    except UserError as err:
+        raise UserError(f"{where}: value {value!r} is not accepted ({str(err).split(': ', 1)[-1]})") from None
+    if ds is None:
+        return
+    from src.run import checks, pipeline
+    try:
+        pipeline.check_compatible(cfg, ds)
+        checks.check_config_fits(cfg, ds)
+    except UserError as err:
+        raise UserError(f"{where}: value {value!r} does not fit dataset {ds.name} ({err})") from None
+
+
+def grid_values(entry: dict, where: str) -> list:
+    """Every value of one dimension for the grid sampler."""
     if entry["kind"] == "categorical":
         return list(entry["choices"])
     if entry["kind"] == "int":
         return list(range(entry["low"], entry["high"] + 1, entry["step"] or 1))
     if entry["step"]:
         return [float(v) for v in np.round(np.arange(entry["low"], entry["high"] + 1e-12, entry["step"]), 12)]
-    if required:
-        raise UserError(f"{where}: the grid sampler needs a step for a float dimension")
-    return None
+    raise UserError(f"{where}: the grid sampler needs a step for a float dimension")
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict:
@@ -118,6 +168,18 @@ def suggest(trial: optuna.Trial, space: dict[str, dict]) -> dict:
 def overrides(params: dict) -> list[str]:
     """{key.path: value} -> ['key.path=value', ...] as `--set` takes them."""
     return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in sorted(params.items())]
+
+
+def load_dataset(cfg, input_dir: Path | None):
+    """The dataset every trial loads, read and validated once before the first trial (as pipeline.prepare does)."""
+    from src import data as data_mod
+    from src.data import synth
+
+    folder = input_dir or DEFAULT_INPUT
+    if input_dir is None and not folder.exists():
+        print(f"generating the default synthetic dataset in {folder}")
+        synth.write(folder, seed=0)
+    return data_mod.load(folder, cfg.data.encoders, cfg.data.allow_missing)
 
 
 # ---- one trial ----------------------------------------------------------------------------------------------
@@ -144,8 +206,14 @@ def run_trial(exp_dir: Path, input_dir: Path | None, sets: list[str], smoke: boo
     return {"out": out, "metrics": json.loads((out / "metrics.json").read_text())}
 
 
-def make_objective(exp_dir: Path, args, tune, space: dict):
-    def objective(trial: optuna.Trial) -> float:
+class TrialTakenOver(Exception):
+    """Another worker failed this trial as stale (and retries it) while this worker still ran it."""
+
+
+def make_objective(exp_dir: Path, args, tune, space: dict, storage, taken: list):
+    def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", HOST)
+        trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
         params = suggest(trial, space)
 
         def report(step: int, value: float) -> None:
@@ -154,12 +222,36 @@ def make_objective(exp_dir: Path, args, tune, space: dict):
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after {step + 1} models")
 
-        result = run_trial(exp_dir, args.input, args.sets + overrides(params), args.smoke, report)
+        try:
+            result = run_trial(exp_dir, args.input, args.sets + overrides(params), args.smoke, report)
+        except UserError as err:
+            trial.set_user_attr("error", str(err))
+            raise
         trial.set_user_attr("output", display_path(result["out"]))
-        if "test" in result["metrics"]:
-            trial.set_user_attr("test_score", result["metrics"]["test"]["score"])
+        # Asked of the database itself: optuna's cache keeps this process's own trial as it last wrote it.
+        if storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.RUNNING:
+            raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is no longer running")
         return objective_value(result["metrics"], tune.metric)
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return run(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # any write to the trial, or the check above
+            taken.append(trial.number)
+            raise TrialTakenOver(f"trial {trial.number}") from None
     return objective
+
+
+def log_trial(study, trial) -> None:
+    """One line per trial: its value, or its error (the whole message, no traceback)."""
+    state = trial.state
+    if state == optuna.trial.TrialState.COMPLETE:
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        print(f"trial {trial.number}: {trial.value:.4f} ({shown})", flush=True)
+    elif state == optuna.trial.TrialState.PRUNED:
+        print(f"trial {trial.number}: pruned", flush=True)
+    elif "error" in trial.user_attrs:
+        print(f"trial {trial.number} failed: {trial.user_attrs['error']}", file=sys.stderr, flush=True)
 
 
 # ---- the study ----------------------------------------------------------------------------------------------
@@ -167,20 +259,6 @@ def make_objective(exp_dir: Path, args, tune, space: dict):
 def tune_dir(exp_dir: Path, dataset: str, study: str) -> Path:
     """Where a study's storage and summary live: beside the experiment's outputs, one folder per study."""
     return outputs_of(exp_dir) / f"{dataset}@tune" / study
-
-
-def storage_for(url: str) -> optuna.storages.BaseStorage:
-    """RDB storage; SQLite waits for its lock instead of failing when several workers write at once."""
-    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        # Heartbeats let a later worker see that a killed worker's trial is dead and retry it once.
-        with warnings.catch_warnings():  # heartbeats are marked experimental in optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=120,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    except Exception as err:  # noqa: BLE001 - optuna and sqlalchemy raise many kinds for a bad URL
-        raise UserError(f"--storage {url}: cannot open ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
 def make_sampler(tune, space: dict, seed: int):
@@ -198,33 +276,80 @@ def make_pruner(tune):
     return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=0)
 
 
-def open_study(args, tune, space):
-    return optuna.create_study(storage=storage_for(args.storage), study_name=args.study, direction="maximize",
-                               sampler=make_sampler(tune, space, args.seed), pruner=make_pruner(tune),
-                               load_if_exists=True)
+def sampler_seed(args) -> int:
+    """--seed plus the local worker index; on a --storage that other machines may share, plus the process id,
+    so workers started independently with the same command do not propose the same points."""
+    seed = args.seed + args.worker_index + (os.getpid() * 1009 if args.shared else 0)
+    return seed % 2**32
+
+
+def study_identity(exp_dir: Path, dataset: str, args, tune, space: dict) -> dict:
+    """What every worker of one study must agree on; stored in the study, checked when a worker joins."""
+    identity = {"experiment": exp_dir.name, "dataset": dataset, "smoke": bool(args.smoke),
+                "sets": [s for s in args.sets if not s.startswith("tune.")], "metric": tune.metric, "space": space}
+    return json.loads(json.dumps(identity))  # as the storage gives it back
+
+
+def open_study(args, tune, space: dict, identity: dict, storage):
+    study = optuna.create_study(storage=storage, study_name=args.study, direction="maximize",
+                                sampler=make_sampler(tune, space, sampler_seed(args)), pruner=make_pruner(tune),
+                                load_if_exists=True)
+    stored = study.user_attrs.get("identity")
+    if stored is None:
+        study.set_user_attr("identity", identity)
+    elif stored != identity:
+        diff = [k for k in identity if stored.get(k) != identity[k]]
+        theirs = "; ".join(f"{k}: {stored.get(k)!r}" for k in diff)
+        raise UserError(f"study '{args.study}' in {db.shown_url(args.storage)} was started with other settings "
+                        f"({theirs}); run its workers with the same command, or name another --study")
+    return study
 
 
 def finished(study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def work(exp_dir: Path, args, tune, space) -> None:
-    """One worker: run trials until the study holds --trials finished ones (or --timeout, or the grid ends)."""
-    study = open_study(args, tune, space)
-    remaining = args.trials - finished(study)
-    if remaining <= 0:
-        return
-    stop = optuna.study.MaxTrialsCallback(args.trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                               optuna.trial.TrialState.PRUNED))
-    study.optimize(make_objective(exp_dir, args, tune, space), n_trials=remaining, timeout=args.timeout,
-                   callbacks=[stop], catch=(UserError,), gc_after_trial=True)
+def work(study, storage, exp_dir: Path, args, tune, space) -> None:
+    """One worker: run trials until the study holds --trials finished ones (or --timeout, or the grid ends).
+
+    A worker also stops after --trials failed trials of its own, so a space that keeps failing cannot loop.
+    """
+    failed, taken = [], []
+
+    def stop_when_done(study, trial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            failed.append(trial.number)
+        if finished(study) >= args.trials or len(failed) >= args.trials:
+            study.stop()
+
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    objective = make_objective(exp_dir, args, tune, space, storage, taken)
+    while finished(study) < args.trials and len(failed) < args.trials:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        try:
+            study.optimize(objective, timeout=left, callbacks=[log_trial, stop_when_done], catch=(UserError,),
+                           gc_after_trial=True)
+            break  # stopped by a callback, timed out, or the grid is exhausted
+        except Exception as err:
+            lost = db.lost_in(err)
+            if lost:
+                raise lost from None
+            if not taken:
+                raise
+            print(f"trial {taken.pop()} was marked failed by another worker while this one ran it (its heartbeats "
+                  f"missed the database for over {args.heartbeat * db.GRACE_BEATS} s): result dropped, its retry "
+                  "counts instead", file=sys.stderr, flush=True)
+    if len(failed) >= args.trials:
+        print(f"this worker stopped after {len(failed)} failed trials", file=sys.stderr)
 
 
 def spawn_workers(args, k: int) -> int:
     """K worker processes against the same storage; returns the worst exit code."""
     cmd = [sys.executable, "-m", "src.tune", args.exp, "--worker", "--trials", str(args.trials),
-           "--storage", args.storage, "--study", args.study, "--seed", str(args.seed)]
+           "--study", args.study, "--seed", str(args.seed), "--heartbeat", str(args.heartbeat)]
+    cmd += ["--storage", args.storage] if args.shared else []
     cmd += (["--input", str(args.input)] if args.input else []) + (["--smoke"] if args.smoke else [])
     cmd += [a for s in args.sets for a in ("--set", s)]
     cmd += ["--timeout", str(args.timeout)] if args.timeout else []
@@ -232,27 +357,41 @@ def spawn_workers(args, k: int) -> int:
     procs = [subprocess.Popen(cmd + ["--worker-index", str(i)]) for i in range(k)]
     try:
         return max(p.wait() for p in procs)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         for p in procs:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
         for p in procs:
             p.wait()
         raise
 
 
+class Terminated(BaseException):
+    """SIGTERM: stop at once. The running trial stays RUNNING; a later worker fails it as stale and retries it."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def stop_children() -> None:
+    """Training's worker pool must not outlive this process (it would hold the caller's pipes open)."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+
+
 # ---- the summary --------------------------------------------------------------------------------------------
 
 def best_table(study, n: int = 10) -> Table:
+    """The best trials by seed-mean OOF; test scores stay out of view while choosing."""
+    params = list(study.best_trial.params)
     table = Table(title=f"study {study.study_name}: best trials (seed-mean OOF, optimistic: chosen among many)")
-    for col in ("trial", "value", "test", *[p for p in study.best_trial.params], "variant"):
-        table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
+    for col in ("trial", "OOF", *params, "worker", "variant"):
+        table.add_column(col, justify="left" if col in ("worker", "variant") else "right", overflow="fold")
     done = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: -t.value)[:n]
+    show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     for t in done:
-        test = t.user_attrs.get("test_score")
-        show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-        table.add_row(str(t.number), f"{t.value:.4f}", "–" if test is None else f"{test:.4f}",
-                      *[show(t.params.get(p, "–")) for p in study.best_trial.params],
-                      "@" + t.user_attrs.get("output", "@").rsplit("@", 1)[-1])
+        table.add_row(str(t.number), f"{t.value:.4f}", *[show(t.params.get(p, "–")) for p in params],
+                      t.user_attrs.get("worker", "–"), "@" + t.user_attrs.get("output", "@").rsplit("@", 1)[-1])
     return table
 
 
@@ -280,7 +419,9 @@ def write_figures(study, folder: Path) -> list[str]:
 
 def importances(study) -> dict:
     try:
-        return {k: round(float(v), 6) for k, v in optuna.importance.get_param_importances(study).items()}
+        with warnings.catch_warnings():  # "too few trials": the summary says how many there were
+            warnings.simplefilter("ignore")
+            return {k: round(float(v), 6) for k, v in optuna.importance.get_param_importances(study).items()}
     except (ValueError, RuntimeError, ZeroDivisionError):
         return {}  # fewer than two finished trials, or a single point in the space
 
@@ -289,19 +430,21 @@ def next_experiment_id() -> int:
     return max(int(p.name[3:6]) for p in all_experiments()) + 1
 
 
-def write_child(exp_dir: Path, study, dataset: str, n_trials: int, sets: list[str]) -> Path:
-    """The best trial's overrides as a new experiment folder (next free id); reused when already written."""
+def write_child(exp_dir: Path, study, identity: dict, url: str) -> Path:
+    """The best trial's overrides as a new experiment folder; built from the study alone (any machine can)."""
     best = study.best_trial
-    written = study.user_attrs.get("child_experiment")
-    if written and (new_experiments_dir() / written).is_dir() and study.user_attrs.get("child_trial") == best.number:
-        return new_experiments_dir() / written
+    name = study.user_attrs.get("child_experiment") if study.user_attrs.get("child_trial") == best.number else None
+    if name and (new_experiments_dir() / name).is_dir():
+        return new_experiments_dir() / name
+    if not name or any(p.name[:6] == name[:6] for p in all_experiments()):
+        slug = exp_dir.name.split("_", 1)[1] if "_" in exp_dir.name else exp_dir.name
+        name = f"exp{next_experiment_id():03d}_{slug}_tuned"
+    child = new_experiments_dir() / name
     # the study's own --set overrides (not its tune.* keys) plus the best parameters
-    values = config_mod.parse_set([s for s in sets if not s.startswith("tune.")] + overrides(best.params))
-    slug = exp_dir.name.split("_", 1)[1] if "_" in exp_dir.name else exp_dir.name
-    child = new_experiments_dir() / f"exp{next_experiment_id():03d}_{slug}_tuned"
-    note = (f"best trial #{best.number} of Optuna study '{study.study_name}' on dataset {dataset} "
-            f"({n_trials} finished trials; seed-mean OOF {best.value:.4f}, optimistic because chosen among them). "
-            f"Written by bash run.sh tune {exp_dir.name[:6]}; see its summary.json for the fresh-seed rerun")
+    values = config_mod.parse_set(identity["sets"] + overrides(best.params))
+    note = (f"best trial #{best.number} of Optuna study '{study.study_name}' ({db.shown_url(url)}, dataset "
+            f"{identity['dataset']}, {finished(study)} finished trials) over {exp_dir.name[:6]}'s tune space; "
+            "its OOF is the maximum over the trials, so judge it on fresh seeds")
     body = {"parent": exp_dir.name[:6], "note": note, **values}
     staged = child.with_name(child.name + ".partial")  # a complete folder or none: renamed when written
     shutil.rmtree(staged, ignore_errors=True)
@@ -315,49 +458,95 @@ def write_child(exp_dir: Path, study, dataset: str, n_trials: int, sets: list[st
     return child
 
 
-def summarise(exp_dir: Path, args, tune, dataset: str, confirm: bool = True) -> dict:
-    """Table, trials.csv, importances, figures, child experiment and the fresh-seed rerun of the best trial."""
+def own_test_score(trial) -> float | None:
+    """The chosen trial's test score, when its output folder is on this machine and the dataset has labels."""
+    out = Path(trial.user_attrs.get("output", ""))
+    path = (out if out.is_absolute() else ROOT / out) / "metrics.json"
+    try:
+        return json.loads(path.read_text())["test"]["score"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def summarise(exp_dir: Path, args, study, identity: dict, rerun: bool) -> dict:
+    """Choose on OOF (table, trials.csv, importances, figures); then the winner's test score and seed rerun."""
     console = Console()
-    study = optuna.load_study(study_name=args.study, storage=storage_for(args.storage))
     folder = args.folder
+    folder.mkdir(parents=True, exist_ok=True)
     trials = study.trials_dataframe()
     write_csv(folder / "trials.csv", trials)
     states = trials["state"].value_counts().to_dict() if len(trials) else {}
-    summary = {"study": args.study, "storage": args.storage, "trials": {str(k): int(v) for k, v in states.items()},
-               "metric": f"seed mean of {tune.metric}"}
+    summary = {"study": study.study_name, "storage": db.shown_url(args.storage),
+               "trials": {str(k): int(v) for k, v in states.items()}, "metric": f"seed mean of {identity['metric']}"}
     if not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        console.print(f"study {args.study}: no finished trial yet ({summary['trials']})")
         write_json(folder / "summary.json", summary)
-        return summary
+        raise UserError(f"study '{study.study_name}': no trial finished ({summary['trials'] or 'no trials'}); "
+                        "the failed trials' errors are above and in trials.csv")
     best = study.best_trial
     console.print(best_table(study))
+    n_done = finished(study)
     summary |= {"best_trial": best.number, "best_params": best.params, "best_value_optimistic": best.value,
                 "best_output": best.user_attrs.get("output"), "importances": importances(study)}
-    if "test_score" in best.user_attrs:
-        summary["best_test_score"] = best.user_attrs["test_score"]
     summary["figures"] = write_figures(study, folder)
-    child = write_child(exp_dir, study, dataset, finished(study), args.sets)
-    summary["child_experiment"] = child.name
-    if confirm:
-        # The honest check: the chosen configuration with seeds the study never used.
-        seed = config_mod.load(exp_dir, args.sets, args.smoke).seed + FRESH_SEED_OFFSET
-        fresh = run_trial(exp_dir, args.input, args.sets + overrides(best.params) + [f"seed={seed}"], args.smoke)
-        summary["fresh_seed"] = {"seed": seed, "output": display_path(fresh["out"]),
-                                 "value": objective_value(fresh["metrics"], tune.metric)}
-        if "test" in fresh["metrics"]:
-            summary["fresh_seed"]["test_score"] = fresh["metrics"]["test"]["score"]
-    write_json(folder / "summary.json", summary)
     if summary["importances"]:
         console.print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items()))
-    line = f"best trial #{best.number}: seed-mean OOF {best.value:.4f} (chosen among {finished(study)}, optimistic)"
-    if "fresh_seed" in summary:
-        line += f"; rerun with seed {summary['fresh_seed']['seed']}: {summary['fresh_seed']['value']:.4f}"
-        if "test_score" in summary["fresh_seed"]:
-            line += f", test {summary['fresh_seed']['test_score']:.4f}"
-    console.print(line)
-    console.print(f"child experiment: {display_path(child)} (bash run.sh {child.name[:6]}); "
-                  f"study files: {display_path(folder)}")
+    console.print(f"chosen: trial #{best.number}, seed-mean OOF {best.value:.4f} (the best of {n_done}: optimistic)")
+    # Only now, after the choice: the chosen configuration on the test rows.
+    test = own_test_score(best)
+    if test is not None:
+        summary["best_test_score"] = test
+        console.print(f"chosen trial #{best.number} on the test rows: {test:.4f}")
+    if rerun:
+        seed = config_mod.load(exp_dir, args.sets, args.smoke).seed + FRESH_SEED_OFFSET
+        fresh = run_trial(exp_dir, args.input, args.sets + overrides(best.params) + [f"seed={seed}"], args.smoke)
+        summary["seed_rerun"] = {"seed": seed, "what": RERUN_NOTE, "output": display_path(fresh["out"]),
+                                 "value": objective_value(fresh["metrics"], identity["metric"])}
+        line = f"seed rerun (seed {seed}; {RERUN_NOTE}): OOF {summary['seed_rerun']['value']:.4f}"
+        if "test" in fresh["metrics"]:
+            summary["seed_rerun"]["test_score"] = fresh["metrics"]["test"]["score"]
+            line += f", test {summary['seed_rerun']['test_score']:.4f}"
+        console.print(line)
+    if args.write_child:
+        child = write_child(exp_dir, study, identity, args.storage)
+        summary["child_experiment"] = child.name
+        console.print(f"child experiment: {display_path(child)} (bash run.sh {child.name[:6]})")
+    write_json(folder / "summary.json", summary)
+    if n_done < args.trials:
+        console.print(f"[yellow]warning: {n_done} of the {args.trials} requested trials finished; rerun the same "
+                      "command to continue the study")
+    console.print(f"study files: {display_path(folder)}")
     return summary
+
+
+def summary_command(exp_dir: Path, args) -> None:
+    """--summary: the study as the database holds it (no dataset, no training); the child with --write-child."""
+    dataset = (args.input or DEFAULT_INPUT).name
+    args.study = args.study or f"{exp_dir.name[:6]}-{dataset}" + ("-smoke" if args.smoke else "")
+    if not args.storage:
+        path = tune_dir(exp_dir, dataset, args.study) / "study.db"
+        if not path.is_file():
+            raise UserError(f"{display_path(path)}: no study here; give the study's --storage and --study")
+        args.storage = f"sqlite:///{path}"
+    storage = db.open_storage(args.storage, args.heartbeat)
+    try:
+        study = optuna.load_study(study_name=args.study, storage=storage)
+    except KeyError:
+        raise UserError(f"--study {args.study}: no such study in {db.shown_url(args.storage)}") from None
+    identity = study.user_attrs.get("identity")
+    if not identity:
+        raise UserError(f"study '{args.study}' was not written by bash run.sh tune (no identity attribute)")
+    if identity["experiment"] != exp_dir.name:
+        raise UserError(f"study '{args.study}' tunes {identity['experiment']}, not {exp_dir.name}")
+    if args.write_child and identity["smoke"]:
+        raise UserError(smoke_child_error())
+    args.folder = tune_dir(exp_dir, identity["dataset"], args.study)
+    args.trials = args.trials or finished(study)
+    summarise(exp_dir, args, study, identity, rerun=False)
+
+
+def smoke_child_error() -> str:
+    return ("--write-child: a --smoke study's trials ran on the smoke budget, so its best trial is no "
+            "configuration to keep; run the study without --smoke")
 
 
 def parse_args(argv):
@@ -373,7 +562,11 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override the experiment's config (tune.* keys too) for every trial")
-    p.add_argument("--no-confirm", action="store_true", help="skip the fresh-seed rerun of the best trial")
+    p.add_argument("--heartbeat", type=int, default=30, help="seconds between a running trial's heartbeats; a "
+                   f"trial silent for {db.GRACE_BEATS} heartbeats is failed and retried once by another worker")
+    p.add_argument("--no-rerun", action="store_true", help="skip the fresh-seed rerun of the chosen trial")
+    p.add_argument("--write-child", action="store_true", help="write the best trial as a new experiment folder")
+    p.add_argument("--summary", action="store_true", help="only summarise the study from its storage")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -381,42 +574,67 @@ def parse_args(argv):
         raise UserError(f"--trials {args.trials}: must be >= 1")
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be >= 1")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not (args.timeout > 0 and math.isfinite(args.timeout)):
         raise UserError(f"--timeout {args.timeout}: must be > 0")
+    if args.heartbeat < 1:
+        raise UserError(f"--heartbeat {args.heartbeat}: must be >= 1 (seconds)")
+    args.shared = args.storage is not None
     return args
+
+
+def run_study(exp_dir: Path, args) -> None:
+    cfg = config_mod.load(exp_dir, args.sets, args.smoke)
+    tune = cfg.tune
+    if args.write_child and args.smoke:
+        raise UserError(smoke_child_error())
+    storage = db.open_storage(args.storage, args.heartbeat) if args.storage else None  # a bad URL fails first
+    ds = load_dataset(cfg, args.input)
+    space = parse_space(exp_dir, tune, args.sets, args.smoke, ds)  # every spec and data error before any trial
+    args.trials = args.trials or tune.trials
+    args.study = args.study or f"{exp_dir.name[:6]}-{ds.name}" + ("-smoke" if args.smoke else "")
+    args.folder = tune_dir(exp_dir, ds.name, args.study)
+    if storage is None:
+        args.folder.mkdir(parents=True, exist_ok=True)
+        args.storage = f"sqlite:///{args.folder / 'study.db'}"
+        storage = db.open_storage(args.storage, args.heartbeat)
+    identity = study_identity(exp_dir, ds.name, args, tune, space)
+    study = open_study(args, tune, space, identity, storage)  # created once, before workers race to
+    if args.worker:
+        work(study, storage, exp_dir, args, tune, space)
+        return
+    interrupted = False
+    try:
+        if args.workers == 1:
+            work(study, storage, exp_dir, args, tune, space)
+        elif spawn_workers(args, args.workers) != 0:
+            raise UserError(f"a tune worker failed; see its output above (study {args.study})")
+    except KeyboardInterrupt:
+        interrupted = True
+        Console().print("interrupted: summarising the finished trials (rerun the same command to continue)")
+    summarise(exp_dir, args, study, identity, rerun=not (args.no_rerun or interrupted))
 
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
     exp_dir = resolve(args.exp)
-    cfg = config_mod.load(exp_dir, args.sets, args.smoke)
-    tune = cfg.tune
-    space = parse_space(exp_dir, tune, args.sets, args.smoke)  # every spec error before anything runs
-    args.trials = args.trials or tune.trials
-    dataset = (args.input or DEFAULT_INPUT).name
-    args.study = args.study or f"{exp_dir.name[:6]}-{dataset}" + ("-smoke" if args.smoke else "")
-    args.folder = tune_dir(exp_dir, dataset, args.study)
     if args.storage:
-        storage_for(args.storage)  # a bad URL fails before the study folder is made
-    args.folder.mkdir(parents=True, exist_ok=True)
-    args.storage = args.storage or f"sqlite:///{args.folder / 'study.db'}"
-    if args.worker:
-        args.seed += args.worker_index
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        work(exp_dir, args, tune, space)
-        return
-    open_study(args, tune, space)  # create it once, before workers race to
-    interrupted = False
+        db.check_url(args.storage)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from log_trial instead
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        if args.workers == 1:
-            work(exp_dir, args, tune, space)
-        elif spawn_workers(args, args.workers) != 0:
-            raise UserError(f"a tune worker failed; see its output above (study {args.study})")
-    except KeyboardInterrupt:
-        interrupted = True
-        Console().print("interrupted: summarising the finished trials (rerun the same command to continue)")
-    summarise(exp_dir, args, tune, dataset, confirm=not (args.no_confirm or interrupted))
+        if args.summary:
+            summary_command(exp_dir, args)
+        else:
+            run_study(exp_dir, args)
+    except db.DatabaseLost as err:
+        raise UserError(str(err)) from None
+    except Terminated:
+        stop_children()
+        sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:  # a spawned worker (the main process summarises instead)
+        stop_children()
+        sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":
