@@ -58,6 +58,7 @@ CASES = {  # exp, model overrides, adapt overrides, train overrides
     "fusion_fixed_adam": ("exp044", {"top_n": 3}, {},
                           {"optimizer": "adam", "schedule": "constant", "weight_decay": 0.01}),
     "fusion_rank_order_reattend": ("exp048", {"top_n": 2, "reattend": True}, {}, {}),
+    "fusion_loss_gate_cue": ("exp042", {"top_n": 3, "gate": "loss", "reliability_cue": True}, {}, {}),
 }
 
 

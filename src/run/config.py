@@ -17,6 +17,7 @@ import yaml
 from src.errors import UserError
 from src.model import resolve_top_n
 from src.run.experiments import VARIANT_NAME, resolve
+from src.run.subruns import top_n_candidates
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,17 @@ class Model:
     encoder_dropout: float = opt(0.0, PROBABILITY)  # probability of hiding an encoder from a training clip
     reattend: bool = False  # learned selection: fused weights from attention re-run within the kept encoders
     rank_order: bool = False  # kept encoders get a learned embedding of their rank before fusion (exp048)
+    # attention: the paper's gate; loss: encoders ranked and weighted by the loss each is predicted to have on
+    # the clip (src/model/fusion.py)
+    gate: Literal["attention", "loss"] = "attention"
+    reliability_cue: bool = False  # tokens carry the clip's input statistics per encoder
     # random selection at prediction: 1 = one fixed draw per clip and seed; k > 1 = the mean over k fixed
     # draws, a test-time ensemble of subsets (report it labelled as such, not as the control)
     random_draws: int = opt(1, POSITIVE)
-    sweep_top_n: bool = False  # one sub-run per n = 1..number of encoders (exp041)
+    # one sub-run per n (true: n = 1..number of encoders; a list: those top_n values, resolved on the dataset),
+    # one n chosen per outer fold on the other folds' OOF
+    sweep_top_n: Union[bool, list[Union[int, Literal["all"]]]] = opt(False, Bounds(
+        nonzero=True, min_len=1, unique=True, why="top_n values: n >= 1, -k all but k, or all"))
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,8 @@ class Config:
 def describe_top_n(model: Model, n_encoders: int) -> str:
     """One log line: the n used, or a warning when a top_n asks for a selection that selects nothing."""
     if model.sweep_top_n:
-        return f"top_n: sweep over n = 1..{n_encoders}"
+        return (f"top_n: one sub-run per n = {', '.join(map(str, top_n_candidates(model.sweep_top_n, n_encoders)))} "
+                f"of {n_encoders} encoders, one n chosen per outer fold on the other folds")
     n = resolve_top_n(model.top_n, n_encoders)
     if model.top_n != "all" and n == n_encoders:
         return (f"[yellow]warning: model.top_n {model.top_n} keeps all {n_encoders} encoders, so selection selects "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from src.model import resolve_top_n
+
 
 @dataclass(frozen=True)
 class SubRun:
@@ -28,10 +30,18 @@ def sub_runs(cfg, encoders: list[str]) -> tuple[str | None, str, list[SubRun]]:
             [SubRun(e, [e], None, cfg) for e in encoders]
     if m.name == "fusion" and m.sweep_top_n:
         return "per_top_n", "choose", [SubRun(str(n), encoders, None, replace(cfg, model=replace(m, top_n=n)))
-                                       for n in range(1, len(encoders) + 1)]
+                                       for n in top_n_candidates(m.sweep_top_n, len(encoders))]
     return None, "single", [SubRun("", encoders, None, cfg)]
 
 
 def n_seeds(cfg, sub: SubRun) -> int:
     """A prior is deterministic: one seed whatever train.seeds says."""
     return 1 if sub.prior is not None else cfg.train.seeds
+
+
+def top_n_candidates(sweep, n_encoders: int) -> list[int]:
+    """model.sweep_top_n -> the n of each sub-run: 1..n_encoders for true, else the listed values resolved on
+    this encoder count, without repeats, in increasing order."""
+    if sweep is True:
+        return list(range(1, n_encoders + 1))
+    return sorted({resolve_top_n(v, n_encoders) for v in sweep})

@@ -60,7 +60,7 @@ def build_model(cfg, widths: list[int], fixed=None):
     if m.name == "mlp":
         return MLP(sum(widths), m.hidden, m.dropout)
     return FusionNet(widths, m.shared_dim, m.fused_dim, m.gate_heads, m.top_n, m.selection, m.heads,
-                     m.dropout, m.encoder_dropout, fixed, m.reattend, m.rank_order)
+                     m.dropout, m.encoder_dropout, fixed, m.reattend, m.rank_order, m.gate, m.reliability_cue)
 
 
 def init_model(cfg, widths: list[int], seed: int, device, fixed=None):
