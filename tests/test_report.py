@@ -105,6 +105,9 @@ def test_report_of_a_fusion_run_has_every_figure(tiny):
         assert f"(figures/{name}.png)" in report
     assert "Skipped" not in report
     assert "Most used encoder" in report and "hubert" in report and "audio" in report
+    # the shift section: the synthetic test set moves clip, videomae and hubert (TINY keeps synth's shift)
+    shifted = pd.read_csv(out / "shift.csv").set_index("encoder")["shifted"]
+    assert "## Train/test shift" in report and shifted["hubert"] and not shifted["wavlm"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert f"{metrics['oof']['score']:.4f}" in report
     # the sweep figure reads exp041's per_top_n.csv of the same dataset: n = 1 and 2

@@ -19,10 +19,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from src import data as data_mod
+from src.analysis import shift
 from src.analysis.cka import cka_matrix
 from src.decode.metric import score
 from src.errors import UserError, cli
-from src.io import atomic_write, write_text
+from src.io import atomic_write, write_csv, write_text
 from src.labels import BLEND_RATIOS, CONFIGS, EMOTIONS, IS_BLEND
 from src.model import resolve_top_n
 from src.run import config, results
@@ -594,6 +595,23 @@ def decoder_text(d: dict) -> str:
     return text
 
 
+def shift_section(run: Run) -> str:
+    """The train/test shift of the run's encoders (src/analysis/shift.py), as report.md text; shift.csv beside it."""
+    try:
+        ds = data_mod.load(run.input_dir, run.encoders or "all", allow_missing=True)
+        table, actors = shift.report(ds, shift.test_actors_of(ds))
+    except UserError as why:
+        return f"_Skipped: {why}._\n"
+    write_csv(run.out / "shift.csv", table)
+    moved = [r.encoder for r in table.itertuples() if r.shifted]
+    verdict = (f"Moved by the test set: {', '.join(moved)}." if moved
+               else "No encoder moved beyond what new actors explain.")
+    return ("Adversarial validation per encoder: a classifier tells training clips from test clips by that "
+            "encoder's features (AUC 0.5: no shift); `null` is the same with training actors posing as the test "
+            f"set, and an encoder counts as moved when its AUC exceeds that by {shift.FLAG_MARGIN}. {verdict}\n\n"
+            f"```\n{shift.show(table, actors)}\n```\n")
+
+
 def write_report(exp_dir: Path, input_dir: Path, variant: str | None = None) -> Path:
     """Figures under output/<dataset>[@variant]/figures/ and report.md next to them; returns the report's path."""
     run = Run(exp_dir, input_dir, variant)
@@ -619,6 +637,7 @@ def write_report(exp_dir: Path, input_dir: Path, variant: str | None = None) -> 
             + (f" over {m.invocations} invocations" if m.resumes else "") + f".\n{smoke}\n"
             f"## Scores\n\n{metrics_table(m)}\n## Decoder\n\n{decoder_text(m.decoder)}\n"
             "## Findings\n\n" + "".join(f"- {s}\n" for s in findings(run))
+            + f"\n## Train/test shift\n\n{shift_section(run)}"
             + "\n## Figures\n\n"
             + (f"Modality groups {run.modality_source}: {groups}.\n\n" if run.encoders else "")
             + "\n".join(sections))
