@@ -6,7 +6,7 @@
 Worlds are defined once, in WORLDS below: synthetic ones written by src/data/synth.py with its knobs, and a real
 multi-view dataset (src.mfeat). Each is built under input/suite/<world>/ (--worlds-dir moves it) and
 rebuilt only when its definition or the generator code changes (world.json records both). Every
-experiment runs on every world through the normal command line (`python -m src.experiments EXP --input
+experiment runs on every world through the normal command line (`python -m src.main EXP --input
 input/suite/<world> --quiet ...`), so its outputs are the usual exp/<id>/output/<world>[@variant]/ (the
 committed config's folder unless --seeds, --set or --smoke make a variant) and a rerun resumes finished
 folds. Scores come from each run's metrics.json.
@@ -38,7 +38,7 @@ from src.run.experiments import ROOT, VARIANT_NAME, display_path, output_dir, ou
 
 WORLDS_DIR = ROOT / "input" / "suite"
 FIGURES = ("acc_presence", "acc_salience", "score")
-# What each world tests is in docs/suite.md. Synthetic worlds: src.synth knobs; `encoders` is
+# What each world tests is in docs/suite.md. Synthetic worlds: src/data/synth.py knobs; `encoders` is
 # make_encoders' arguments. Every synthetic world names its test actors (test_actor_column) for the
 # shift report.
 WORLDS = {
@@ -62,7 +62,7 @@ WORLDS = {
                       "p_fail": {"audio": 0.15, "video": 0.1},
                       "shifted": ["video1", "audio1"], "shift_kind": "fail", "shift_strength": 0.6,
                       "shift_fraction": 0.5},
-    # real: UCI multiple-features digits, six views, six classes as singles, pseudo-actors (src/mfeat.py)
+    # real: UCI multiple-features digits, six views, six classes as singles, pseudo-actors (src/data/mfeat.py)
     "mfeat": {"source": "mfeat", "seed": 0},
 }
 SYNTH_KEYS = {"seed", "n_train_actors", "n_test_actors", "n_folds", "n_dropped", "width_scale", "encoders",

@@ -51,7 +51,7 @@ def parse_space(exp_dir: Path, tune, sets: list[str] = (), smoke: bool = False, 
     """tune.space -> {key.path: {kind, low, high, log, step | choices}}; every problem is one UserError.
 
     Types come from the schema and bounds are checked by resolving the experiment with each bound set,
-    so the ranges in src/config.py apply to a search space exactly as they apply to `--set`; with the
+    so the ranges in src/run/config.py apply to a search space exactly as they apply to `--set`; with the
     dataset ds, each bound must also fit it (e.g. model.top_n at most its number of encoders).
     """
     if not tune.space:

@@ -551,7 +551,7 @@ def test_score_errors_are_one_line(case, tmp_path):
     assert proc.stdout == ""
 
 
-# ---- src/synth.py -----------------------------------------------------------------------------------------
+# ---- src/data/synth.py--------------------------------------------------------------------------------------
 SYNTH_ERRORS = {
     "synth_out_is_a_file": (lambda t: ["--out", text_file(t / "a_file", "x")], "is a file; give a folder"),
     "synth_negative_seed": (lambda t: ["--out", t / "new", "--seed", "-1"], "--seed: -1 is below the minimum 0"),

@@ -1,4 +1,4 @@
-"""src.synth: the default dataset pinned byte for byte, and each knob doing what it says."""
+"""src/data/synth.py: the default dataset pinned byte for byte, and each knob doing what it says."""
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +16,7 @@ from conftest import TINY
 
 # sha256 over (relative path, bytes) of every file, sorted by path; measured before the knobs were added
 TINY_SHA256 = "c0ad548945200e73e34dd32ef232b4fd139889dbe9a1475bcb3a549646d91bfd"
-DEFAULT_SHA256 = "7953b7d17f92b8409eea8f5fb6ad4eee133a31d16b27b44cf2b79505abdf0eff"  # `python -m src.synth --out DIR`
+DEFAULT_SHA256 = "7953b7d17f92b8409eea8f5fb6ad4eee133a31d16b27b44cf2b79505abdf0eff"  # `bash run.sh synth --out DIR`
 SMALL = dict(n_train_actors=8, n_test_actors=4, n_folds=4, width_scale=0.25)
 
 

@@ -173,7 +173,7 @@ def test_a_worker_with_other_settings_cannot_join(make_dataset, exp_root):
 
 def test_the_summary_chooses_on_oof_then_shows_test_and_writes_the_child_when_asked(make_dataset, exp_root):
     data = make_dataset()
-    budget = ["--set", "train.epochs=2", "--set", "train.seeds=1", "--set", "train.num_threads=1"]
+    budget = ["--set", "train.epochs=2", "--set", "train.seeds=1", "--set", "train.workers=1"]
     proc = run_cli("src.tune", "exp042", "--input", data, *budget, "--set", SMOKE_SPACE, "--trials", "2",
                    "--write-child", "--study", "kept")
     out = proc.stdout
@@ -225,7 +225,7 @@ def test_sigterm_mid_trial_ends_the_study_and_its_worker_pool(make_dataset, exp_
     data = make_dataset()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "src.tune", "exp042", "--input", str(data), "--smoke", "--set", SMOKE_SPACE,
-           "--set", "train.num_threads=2", "--set", "train.epochs=200", "--trials", "3"]
+           "--set", "train.workers=2", "--set", "train.epochs=200", "--trials", "3"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
     while len(children_of(proc.pid)) < 2 and time.monotonic() < deadline:  # the pool's two processes
@@ -245,7 +245,7 @@ def test_a_trial_failed_by_another_worker_is_dropped_not_duplicated(make_dataset
     storage = created_study(exp_root, data, "taken")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "src.tune", "exp042", "--input", str(data), "--smoke", "--set", SMOKE_SPACE,
-           "--set", "train.num_threads=1", "--study", "taken", "--trials", "1", "--no-rerun"]
+           "--set", "train.workers=1", "--study", "taken", "--trials", "1", "--no-rerun"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rdb = optuna.storages.RDBStorage(storage)
     deadline = time.monotonic() + 90

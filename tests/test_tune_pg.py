@@ -83,7 +83,7 @@ class Worker:
         self.root, self.out, self.err = root, root / "stdout.txt", root / "stderr.txt"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "BLEMORE_OUTPUT_ROOT": str(root)}
         cmd = [sys.executable, "-m", "src.tune", EXP, "--input", str(data), *budget, "--storage", server.url,
-               "--study", study, "--set", "train.num_threads=1", "--set", SPACE, "--trials", str(trials),
+               "--study", study, "--set", "train.workers=1", "--set", SPACE, "--trials", str(trials),
                "--heartbeat", str(heartbeat), "--no-rerun", *extra]
         with open(self.out, "a") as out, open(self.err, "a") as err:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err)
@@ -178,7 +178,7 @@ def test_independent_workers_form_one_study_and_any_machine_writes_the_child(ser
     body = yaml.safe_load((child / "config.yaml").read_text())
     best = max(done, key=lambda t: t.value)
     assert body["parent"] == EXP and body["model"]["dropout"] == best.params["model.dropout"]
-    assert body["train"] == {"epochs": 2, "seeds": 1, "num_threads": 1}
+    assert body["train"] == {"epochs": 2, "seeds": 1, "workers": 1}
     assert f"study 'shared' ({server.shown}, dataset tiny_pg," in body["note"]
 
 

@@ -3,7 +3,7 @@
     bash run.sh compare exp040 exp043 [--input DIR] [--boot 2000]
 An arm is an experiment id, optionally with a variant (exp040@smoke), or a sub-run of it as ID:NAME
 (exp041:3 is n = 3 of the top-n sweep).
-Each seed of each arm is decoded from its fold files by the pipeline's own rules (src/results.py), so the
+Each seed of each arm is decoded from its fold files by the pipeline's own rules (src/run/results.py), so the
 per-seed difference B - A pairs models that shared batch order and initial weights. Test figures are scored only here, from predictions already written, and both test schemes are shown.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shift report: adversarial validation per encoder (can a classifier tell training clips from test clips?).
 
-    python -m src.shift [--input DIR] [--encoders a,b]      (bash run.sh shift ...)
+    python -m src.analysis.shift [--input DIR] [--encoders a,b]      (bash run.sh shift ...)
 
 For each encoder a LightGBM classifier learns "test clip or training clip" from that encoder's features;
 its out-of-fold ROC AUC says how far the test set moved (0.5: indistinguishable). Test clips are new

@@ -1,4 +1,4 @@
-"""Dataset folder -> one validated in-memory structure (see README, "Dataset folder").
+"""Dataset folder -> one validated in-memory structure (docs/data.md).
 
     input/<name>/train_metadata.csv   filename, fold [, emotion_1, emotion_2, emotion_1_salience, emotion_2_salience, mix, video_id]
     input/<name>/test_metadata.csv    filename

@@ -1,4 +1,4 @@
-"""The organisers' download -> a dataset folder the experiments read (README: "Using the real BlEmoRe data").
+"""The organisers' download -> a dataset folder the experiments read (docs/data.md).
 
     bash run.sh prepare DOWNLOAD_DIR [--out input/blemore] [--encoders a,b,...] [--allow-missing]
 

@@ -1,6 +1,6 @@
 """Experiment ids -> folders, and where outputs and submissions live.
 
-Output layout (README, "Variants"): the committed config writes `exp/<id>/output/<dataset>/`; a variant
+Output layout (docs/experiments.md): the committed config writes `exp/<id>/output/<dataset>/`; a variant
 (`--smoke`, a set of `--set` overrides, or `--name NAME`) writes `exp/<id>/output/<dataset>@<variant>/`;
 submissions are `submissions/<dataset>/<exp folder>[@variant].csv|json|zip`. The environment variables
 BLEMORE_OUTPUT_ROOT (a folder mirroring exp/) and BLEMORE_SUBMISSIONS move both roots (tests, benchmarks).
