@@ -1,6 +1,7 @@
 """Generalisation suite: experiments on several worlds, per-world OOF and test scores, mean ranks.
 
     python -m src.suite EXP [EXP ...] [--worlds a,b] [--seeds N] [--set k=v ...] [--smoke] [--name NAME]
+                        [--ensemble lgbm|weights|mean]
     python -m src.suite --build-only [--worlds a,b]                       (bash run.sh suite ...)
 
 Worlds are defined once, in WORLDS below: synthetic ones written by src/data/synth.py with its knobs, and a real
@@ -34,7 +35,7 @@ from src.errors import UserError, cli
 from src.io import write_csv, write_json
 from src.run import config as config_mod
 from src.run.config import variant_name
-from src.run.experiments import ROOT, VARIANT_NAME, display_path, output_dir, output_root, resolve
+from src.run.experiments import EXP_DIR, ROOT, VARIANT_NAME, display_path, output_dir, output_root, resolve
 
 WORLDS_DIR = ROOT / "input" / "suite"
 FIGURES = ("acc_presence", "acc_salience", "score")
@@ -134,14 +135,28 @@ def build(name: str, definition: dict, root: Path = WORLDS_DIR) -> Path:
 # ---- runs ----------------------------------------------------------------------------------------------
 def run_one(exp_dir: Path, world_dir: Path, smoke: bool, sets: list[str]) -> dict:
     """Run one experiment on one world through the command line; its metrics (or the error) and wall time."""
-    cmd = [sys.executable, "-m", "src.main", exp_dir.name, "--input", str(world_dir), "--quiet"]
+    cmd = ["src.main", exp_dir.name, "--input", str(world_dir), "--quiet"]
     cmd += ["--smoke"] * smoke + [a for s in sets for a in ("--set", s)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return scored_run(cmd, exp_dir.name, world_dir, output_dir(exp_dir, world_dir.name, variant_name(smoke, sets)))
+
+
+def run_ensemble(exp_dirs: list[Path], world_dir: Path, method: str, smoke: bool, sets: list[str]) -> dict:
+    """The world's ensemble of the suite's experiments (src/ensemble.py, its stacker fitted per world): one more row."""
+    variant = variant_name(smoke, sets)
+    members = [p.name + (f"@{variant}" if variant else "") for p in exp_dirs]
+    name = f"suite_{method}_" + "+".join(p.name.split("_")[0] for p in exp_dirs) + (f"@{variant}" if variant else "")
+    cmd = ["src.ensemble", *members, "--input", str(world_dir), "--method", method, "--name", name, "--quiet"]
+    out = output_dir(EXP_DIR / "ensembles" / name, world_dir.name)
+    return scored_run(cmd, f"ensemble_{method}", world_dir, out)
+
+
+def scored_run(module_args: list[str], label: str, world_dir: Path, out: Path) -> dict:
+    """`python -m <module_args>`, then the scores from out/metrics.json (or the error's last line) and wall time."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = round(time.perf_counter() - start, 1)
-    out = output_dir(exp_dir, world_dir.name, variant_name(smoke, sets))
-    row = {"experiment": exp_dir.name, "world": world_dir.name, "output": display_path(out), "wall_s": wall}
+    proc = subprocess.run([sys.executable, "-m", *module_args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True)
+    row = {"experiment": label, "world": world_dir.name, "output": display_path(out),
+           "wall_s": round(time.perf_counter() - start, 1)}
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit code {proc.returncode}"]
         return row | {"error": lines[-1]}
@@ -213,7 +228,8 @@ def run_sets(seeds: int | None, sets) -> list[str]:
 
 
 def run_suite(experiments: list[str], worlds: dict[str, dict], root: Path = WORLDS_DIR, seeds: int | None = None,
-              sets: list[str] = (), smoke: bool = False, name: str | None = None, log=print) -> tuple[pd.DataFrame, Path]:
+              sets: list[str] = (), smoke: bool = False, name: str | None = None, ensemble: str | None = None,
+              log=print) -> tuple[pd.DataFrame, Path]:
     """Build the worlds, run every experiment on each, write the results; (per run table, results .json)."""
     if name is not None and not VARIANT_NAME.fullmatch(name):
         raise UserError(f"--name '{name}': use letters, digits and . _ + = - only")
@@ -236,11 +252,17 @@ def run_suite(experiments: list[str], worlds: dict[str, dict], root: Path = WORL
             what = (f"failed: {row['error']}" if "error" in row else
                     f"OOF {row['oof_score']:.4f}, test {row['test_score']:.4f}")
             log(f"[{len(rows)}/{total}] {exp.name} on {world}: {what} ({row['wall_s']} s)")
+        if ensemble and len(exp_dirs) > 1:
+            row = run_ensemble(exp_dirs, folder, ensemble, smoke, sets)
+            rows.append(row)
+            what = (f"failed: {row['error']}" if "error" in row else
+                    f"OOF {row['oof_score']:.4f}, test {row['test_score']:.4f}")
+            log(f"{row['experiment']} on {world}: {what} ({row['wall_s']} s)")
     columns = [f"{part}_{key}" for part in ("oof", "test") for key in FIGURES]
     frame = add_ranks(pd.DataFrame(rows).reindex(columns=list(dict.fromkeys([*rows[0], *columns]))))
     summ = summary(frame)
     write_csv(path.with_suffix(".csv"), frame)
-    write_json(path, {"experiments": [p.name for p in exp_dirs], "sets": sets, "smoke": smoke,
+    write_json(path, {"experiments": [p.name for p in exp_dirs], "sets": sets, "smoke": smoke, "ensemble": ensemble,
                       "command": " ".join(sys.argv), "worlds": {w: {"path": display_path(d), "definition": worlds[w],
                                                                      "key": world_key(worlds[w])}
                                                                  for w, d in dirs.items()},
@@ -270,6 +292,8 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="every run with --smoke (2 epochs, 1 seed)")
     parser.add_argument("--name", default=None, help="results file name (default: the start time)")
     parser.add_argument("--worlds-dir", type=Path, default=WORLDS_DIR, help="where worlds are built")
+    parser.add_argument("--ensemble", choices=("lgbm", "weights", "mean"), default=None,
+                        help="also ensemble the experiments on each world (src/ensemble.py --method)")
     parser.add_argument("--build-only", action="store_true", help="build the worlds, run nothing")
     args = parser.parse_args(argv)
     worlds = select_worlds(args.worlds)
@@ -281,7 +305,8 @@ def main(argv=None):
         return
     if not args.experiments:
         raise UserError("usage: bash run.sh suite EXP [EXP ...] [--worlds a,b] [--seeds N] [--set k=v ...]")
-    frame, path = run_suite(args.experiments, worlds, args.worlds_dir, args.seeds, args.sets, args.smoke, args.name)
+    frame, path = run_suite(args.experiments, worlds, args.worlds_dir, args.seeds, args.sets, args.smoke, args.name,
+                            args.ensemble)
     print("\nOOF score (test score), per world; sorted by mean OOF rank. Choose on OOF; read test afterwards.")
     print(format_table(frame, list(worlds)))
     print(f"wrote {display_path(path)} and {path.with_suffix('.csv').name}")

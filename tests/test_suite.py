@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+import yaml
 
 from src import suite
 from src.errors import UserError
@@ -60,21 +61,27 @@ def test_ranks_ties_and_failed_runs():
 
 
 def test_suite_end_to_end_on_tiny_worlds(tmp_path, exp_root):
-    frame, path = suite.run_suite(["exp000", "exp020"], TINY_WORLDS, tmp_path / "worlds", smoke=True, log=lambda m: None)
-    assert len(frame) == 4 and "error" not in frame
+    frame, path = suite.run_suite(["exp000", "exp020"], TINY_WORLDS, tmp_path / "worlds", smoke=True,
+                                  ensemble="weights", log=lambda m: None)
+    assert len(frame) == 6 and ("error" not in frame or frame["error"].isna().all())
     for row in frame.itertuples(index=False):  # scores are those of the normal output folders
-        metrics = json.loads((output_dir(row.experiment[:6], tmp_path / "worlds" / row.world, "--smoke")
-                              / "metrics.json").read_text())
+        if row.experiment == "ensemble_weights":  # the ensemble of the two smoke runs, one per world
+            folder = exp_root / "ensembles" / "suite_weights_exp000+exp020@smoke" / "output" / row.world
+            resolved = yaml.safe_load((folder / "config.resolved.yaml").read_text())
+            assert [m["name"] for m in resolved["members"]] == ["exp000_trivial@smoke", "exp020_mlp_concat@smoke"]
+        else:
+            folder = output_dir(row.experiment[:6], tmp_path / "worlds" / row.world, "--smoke")
+        metrics = json.loads((folder / "metrics.json").read_text())
         assert row.oof_score == metrics["oof"]["score"] and row.test_score == metrics["test"]["score"]
-    for world, rows in frame.groupby("world"):
-        best = rows.sort_values("oof_score", ascending=False)
-        ties = best["oof_score"].iloc[0] == best["oof_score"].iloc[1]
-        assert ties or best["rank_oof"].tolist() == [1.0, 2.0]
-        assert sorted(rows["rank_test"]) in ([1.0, 2.0], [1.5, 1.5])
+    for world, rows in frame.groupby("world"):  # 1 = best score, ties share the mean rank, ensemble ranked too
+        for part in ("oof", "test"):
+            scores = rows[f"{part}_score"].to_numpy()
+            expected = [1 + (scores > v).sum() + ((scores == v).sum() - 1) / 2 for v in scores]
+            assert rows[f"rank_{part}"].tolist() == expected
     saved = json.loads(path.read_text())
-    assert {r["experiment"] for r in saved["summary"]} == {"exp000_trivial", "exp020_mlp_concat"}
-    assert saved["sets"] == [] and set(saved["worlds"]) == set(TINY_WORLDS)
-    assert pd.read_csv(path.with_suffix(".csv")).shape[0] == 4
+    assert {r["experiment"] for r in saved["summary"]} == {"exp000_trivial", "exp020_mlp_concat", "ensemble_weights"}
+    assert saved["sets"] == [] and set(saved["worlds"]) == set(TINY_WORLDS) and saved["ensemble"] == "weights"
+    assert pd.read_csv(path.with_suffix(".csv")).shape[0] == 6
 
 
 def test_seeds_become_a_set_and_a_bad_set_fails_before_any_world_is_built(tmp_path):
