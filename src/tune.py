@@ -171,7 +171,7 @@ def overrides(params: dict) -> list[str]:
 
 
 def load_dataset(cfg, input_dir: Path | None):
-    """The dataset every trial loads, read and validated once before the first trial (as pipeline.prepare does)."""
+    """The dataset every trial loads, read and validated once before the first trial (as pipeline.plan_run does)."""
     from src import data as data_mod
     from src.data import synth
 

@@ -123,7 +123,7 @@ def experiment_jobs(ids, smoke: bool) -> list[Job]:
 def status(job: Job, input_dir: Path) -> str:
     """What invoking the job would do, from its fingerprint against the variant's outputs (nothing trained)."""
     args = pipeline.parse_args(["--input", str(input_dir), *job.flags])
-    plan = pipeline.prepare(resolve(job.experiment), args)
+    plan = pipeline.plan_run(resolve(job.experiment), args)
     try:
         done = yaml.safe_load((plan.out / "config.resolved.yaml").read_text())["run"]["fingerprint"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
