@@ -53,17 +53,31 @@ def main(argv=None):
     parser.add_argument("base")
     parser.add_argument("arms", nargs="+")
     parser.add_argument("--experiment", default="exp042_rank_topn_coral", help="the experiment row compared")
+    parser.add_argument("--markdown", action="store_true", help="one table row per arm")
     args = parser.parse_args(argv)
     base = load(args.base)
+    table = []
     for spec in args.arms:
         rows = paired(base, load(spec), args.experiment)
         if not rows:
             raise UserError(f"{spec}: no {args.experiment} run shares a world with {args.base}")
+        table.append((spec, rows))
+    if args.markdown:
+        worlds = [r["world"] for r in table[0][1]]
+        print("| arm | mean OOF diff | worlds better | " + " | ".join(worlds) + " | mean test diff |")
+        print("|---|---:|---:|" + "---:|" * len(worlds) + "---:|")
+        for spec, rows in table:
+            cells = {r["world"]: f"{r['oof_diff']:+.4f} ({r['seeds_better']}/{r['seeds']})" for r in rows}
+            print(f"| {spec} | {np.mean([r['oof_diff'] for r in rows]):+.4f} | "
+                  f"{sum(r['oof_diff'] > 0 for r in rows)}/{len(rows)} | "
+                  + " | ".join(cells.get(w, "-") for w in worlds)
+                  + f" | {np.mean([r['test_diff'] for r in rows]):+.4f} |")
+        return
+    for spec, rows in table:
         cells = "  ".join(f"{r['world']} {r['oof_diff']:+.4f} ({r['seeds_better']}/{r['seeds']}) test {r['test_diff']:+.4f}"
                           for r in rows)
         print(f"{spec:<14} mean OOF {np.mean([r['oof_diff'] for r in rows]):+.4f}, "
               f"test {np.mean([r['test_diff'] for r in rows]):+.4f} | {cells}")
-
 
 if __name__ == "__main__":
     main()
