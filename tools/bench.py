@@ -386,6 +386,8 @@ def main(argv=None):
                    help="only where one worker's training time goes: 8 fold x seed models of EXP, batched, one thread")
     p.add_argument("--input", type=Path, default=None,
                    help="dataset for --training (default input/synthetic; input/synthetic_full with --full-size)")
+    p.add_argument("--stacked-only", action="store_true",
+                   help="--training: only the stacked runs (not each model one at a time)")
     p.add_argument("--as-avx2", action="store_true",
                    help="run as an AVX2-only CPU would: torch, oneDNN and MKL capped at AVX2 (auto picks float32)")
     args = p.parse_args(argv)
@@ -410,7 +412,8 @@ def main(argv=None):
         results["matmul"] = bench_matmul(inputs)
         print(json.dumps(results["matmul"]), flush=True)
         for exp in args.training or ["exp042"]:
-            results[exp] = bench_training(exp, inputs, results["matmul"])
+            runs = [r for r in TRAINING_RUNS if r[0] or not args.stacked_only]
+            results[exp] = bench_training(exp, inputs, results["matmul"], runs)
         print(json.dumps(results, indent=2))
         return
     results["grid_search"] = bench_grid_search()
