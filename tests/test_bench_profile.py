@@ -6,7 +6,7 @@ import torch
 
 from src import data
 from src.train import inputs, optim, trainer
-from tools.bench import profile_training
+from tools.bench import profile_training, training_flops
 
 from conftest import run_cli
 
@@ -41,3 +41,11 @@ def test_bench_on_a_missing_input_folder_fails_without_creating_it(tmp_path):
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert "no_such_dataset" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert not missing.exists()
+
+
+def test_training_flops_count_trained_models_only(shared_dataset):
+    """The model FLOPs behind bench --training's achieved rate: the prior baselines train nothing; exp042's
+    count is its forward x 3 (backward) x 2 (CORAL rows) over every fold's training rows, epochs and seeds."""
+    assert training_flops("exp000", shared_dataset) == 0
+    flops = training_flops("exp042", shared_dataset)
+    assert flops > 0 and training_flops("exp030", shared_dataset) < flops  # exp030: the same network, no CORAL

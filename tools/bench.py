@@ -135,7 +135,7 @@ def forward_flops(cfg, widths: list[int]) -> float:
 def training_flops(exp_id: str, input_dir: Path) -> float:
     """FLOPs of training every model of an experiment: 3x the forward (backward ~2x), twice with CORAL."""
     from src import data
-    from src.models import n_seeds, sub_runs
+    from src.run.subruns import n_seeds, sub_runs
     from src.run import config
     cfg = config.load(resolve(exp_id))
     ds = data.load(input_dir, cfg.data.encoders, cfg.data.allow_missing)
