@@ -87,3 +87,13 @@ def test_bad_inputs_are_one_line(tmp_path):
     with pytest.raises(UserError, match="one test actor"):
         ds = data.load(path)
         shift.report(ds, shift.test_actors_of(ds))
+
+
+def test_wide_encoders_are_compared_on_a_random_projection(affine, monkeypatch):
+    """Above MAX_WIDTH features an encoder is projected onto fixed random directions (quick at the real widths);
+    the injected shift is still the one flagged."""
+    ds, _ = affine
+    monkeypatch.setattr(shift, "MAX_WIDTH", 4)
+    assert shift.reduced(ds.features["video1"], ds.present["video1"], 0).shape == (len(ds.features["video1"]), 4)
+    table, _ = shift.report(ds, shift.test_actors_of(ds))
+    assert table.set_index("encoder")["shifted"].to_dict() == {"video1": False, "video2": True, "audio1": False}

@@ -10,7 +10,10 @@ alone. The same procedure is therefore run on a null split, some training actors
 encoder counts as shifted when its AUC exceeds that null AUC by FLAG_MARGIN. Cross-validation keeps every
 training actor inside one fold; test clips are grouped by actor when the test metadata names them (column
 `actor`), otherwise spread clip by clip. With test actors known, the same out-of-fold scores give one AUC
-per test actor against all training clips: which actors were recorded differently.
+per test actor against all training clips: which actors were recorded differently. An encoder wider than
+MAX_WIDTH is first standardised and projected onto MAX_WIDTH fixed Gaussian directions (train and test rows
+alike, no label read): distances survive such a projection, and the report stays quick at the real widths
+(thousands of features per encoder).
 
 Outputs (atomic): <output root>/shift/output/<dataset>/shift.csv (one row per encoder) and
 shift_actors.csv (one row per encoder and test actor, when test actors are known).
@@ -24,6 +27,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+from sklearn.random_projection import GaussianRandomProjection
 
 from src import data as data_mod
 from src.errors import UserError, cli
@@ -37,6 +41,7 @@ N_SPLITS = 5
 # An AUC this far above the null split's counts as a shift. On the suite's worlds (docs/suite.md) the
 # null AUC lies in 0.45-0.60 and unshifted encoders stay within 0.10 of it; affine and noise shifts reach 1.0.
 FLAG_MARGIN = 0.15
+MAX_WIDTH = 128  # wider encoders are compared on a random projection to this many features
 
 
 def test_actors_of(ds) -> np.ndarray | None:
@@ -82,6 +87,18 @@ def null_split(train_actors: np.ndarray, n_test: int, n_test_actors: int | None,
     return np.isin(train_actors, rng.choice(actors, n, replace=False))
 
 
+def reduced(X: np.ndarray, present: np.ndarray, seed: int) -> np.ndarray:
+    """X itself up to MAX_WIDTH columns; wider, its standardised rows projected onto MAX_WIDTH fixed directions."""
+    if X.shape[1] <= MAX_WIDTH:
+        return X
+    ok = np.asarray(X[present], np.float64)
+    mean, std = ok.mean(0), ok.std(0)
+    out = np.zeros((len(X), MAX_WIDTH), np.float32)
+    project = GaussianRandomProjection(MAX_WIDTH, random_state=seed).fit(ok)
+    out[present] = project.transform((ok - mean) / np.where(std > 0, std, 1.0))
+    return out
+
+
 def report(ds, test_actors: np.ndarray | None = None, encoders=None, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per encoder, per encoder and test actor) adversarial-validation tables of a loaded Dataset.
 
@@ -106,7 +123,8 @@ def report(ds, test_actors: np.ndarray | None = None, encoders=None, seed: int =
             raise UserError(f"encoder '{enc}': not in {ds.root} (has: {', '.join(ds.encoders)})")
         rng = np.random.default_rng(seed)  # the same splits for every encoder
         present = ds.present[enc]
-        X_train, X_test = ds.features[enc][: ds.n_train], ds.features[enc][ds.n_train:]
+        features = reduced(ds.features[enc], present, seed)
+        X_train, X_test = features[: ds.n_train], features[ds.n_train:]
         tr_ok, te_ok = present[: ds.n_train], present[ds.n_train:]
         if te_ok.sum() < n_splits or len(np.unique(ds.actors[tr_ok])) < 4:
             raise UserError(f"encoder '{enc}': present in {int(te_ok.sum())} test clips and for "
