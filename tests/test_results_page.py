@@ -216,6 +216,9 @@ def test_results_command_runs_reuses_and_renders(make_dataset, tmp_path, capsys,
     assert len(per_seed[0]) == 2 and item["per_seed"]["oof"]["a"] == pytest.approx(per_seed[0], abs=1e-6)
     assert item["per_seed"]["oof"]["diff_mean"] == pytest.approx(sum(b - a for a, b in zip(*per_seed)) / 2, abs=1e-6)
     assert data["generated"]["smoke"] and data["claims"]["seeds"] == 2 and data["generated"]["precision"] == ["float32"]
+    # the header's command reproduces this page: the claims file, experiments and seeds it was made with
+    assert data["generated"]["command"] == (f"bash run.sh results --input {root} --smoke --claims {tmp_path / 'claims.yaml'} "
+                                            "--experiments exp000 --seeds 2")
 
     capsys.readouterr()
     rp.main(args + ["--dry-run"])

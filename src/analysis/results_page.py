@@ -173,8 +173,9 @@ def git_state() -> tuple[str, bool]:
 
 
 def collect(input_dir: Path, smoke: bool, jobs: list[Job], seeds: int, claims: list[Claim], boot: int,
-            input_flag: tuple) -> dict:
-    """results.json's content from the finished runs: leaderboard rows, claims, and the facts of the header."""
+            input_flag: tuple, options: tuple = ()) -> dict:
+    """results.json's content from the finished runs: leaderboard rows, claims, and the facts of the header;
+    options: the command's other arguments that shaped the page (claims file, experiments, seeds)."""
     dataset = Path(input_dir).name
     records = {job: results.RunRecord.read(output_dir(resolve(job.experiment), dataset, job.variant))
                for job in dict.fromkeys(jobs + [j for c in claims for j in (c.a, c.b)])}
@@ -193,7 +194,8 @@ def collect(input_dir: Path, smoke: bool, jobs: list[Job], seeds: int, claims: l
                       "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                       "cpu": device_mod.describe(torch.device("cpu")), "dataset": dataset, "smoke": smoke,
                       "precision": sorted({r.precision or "unknown" for r in records.values()}),
-                      "command": " ".join(["bash run.sh results", *input_flag] + (["--smoke"] if smoke else []))},
+                      "command": " ".join(["bash run.sh results", *input_flag] + (["--smoke"] if smoke else [])
+                                          + list(options))},
         "leaderboard": rows,
         "claims": {"seeds": seeds, "boot": boot, "items": compared},
     })
@@ -385,7 +387,10 @@ def main(argv=None) -> None:
     for i, job in enumerate(todo, start=1):
         print(f"[{i}/{len(todo)}] {job.command(input_flag)}", flush=True)
         invoke(job, args.input, args.quiet)
-    data = collect(input_dir, args.smoke, jobs, seeds, claims, args.boot, input_flag)
+    options = ((["--claims", display_path(args.claims)] if Path(args.claims).resolve() != CLAIMS.resolve() else [])
+               + (["--experiments", *args.experiments] if args.experiments else [])
+               + (["--seeds", str(args.seeds)] if args.seeds is not None else []))
+    data = collect(input_dir, args.smoke, jobs, seeds, claims, args.boot, input_flag, tuple(options))
     write_pages(data, args.docs, args.readme)
     print(f"wrote {display_path(args.docs / 'results.json')}, {display_path(args.docs / 'results.md')}"
           + (f" and the block in {display_path(args.readme)}" if args.readme else ""))
