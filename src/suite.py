@@ -201,9 +201,14 @@ def format_table(frame: pd.DataFrame, worlds: list[str]) -> str:
     return "\n".join(lines)
 
 
+def results_dir() -> Path:
+    """Where suite results go: <output root>/suite/output/."""
+    return output_root() / "suite" / "output"
+
+
 def results_path(name: str | None) -> Path:
     """A results file name no earlier suite run holds: NAME, or the start time (with -2, -3 .. on a clash)."""
-    folder = output_root() / "suite" / "output"
+    folder = results_dir()
     if name is not None:
         if (folder / f"{name}.json").exists():
             raise UserError(f"--name {name}: {display_path(folder / (name + '.json'))} exists; suite results "

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from src.errors import UserError, cli
-from src.run.experiments import ROOT, output_root
+from src.run.experiments import ROOT
+from src.suite import results_dir
 
 
 def load(spec: str) -> dict:
-    path = Path(spec) if spec.endswith(".json") else output_root() / "suite" / "output" / f"{spec}.json"
+    path = Path(spec) if spec.endswith(".json") else results_dir() / f"{spec}.json"
     if not path.is_file():
         raise UserError(f"{spec}: no suite results at {path}")
     return json.loads(path.read_text())
