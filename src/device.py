@@ -116,7 +116,9 @@ def configure_torch(num_threads: int, device: torch.device) -> None:
     keep_freed_memory()
     torch.set_num_threads(num_threads or torch.get_num_threads())
     # Bit-identical reruns on CPU; on GPU some kernels stay nondeterministic (logged by the pipeline).
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=False)
+    # (the kernels' flag alone: torch.use_deterministic_algorithms also imports inductor to set its flag, ~3 s in
+    # every process and worker, and nothing here compiles)
+    torch._C._set_deterministic_algorithms(device.type == "cpu", warn_only=False)
     # ...without its NaN-filling of every new tensor, a guard against kernels that read memory they never
     # wrote: none does here (the determinism tests compare reruns byte for byte), and the fill costs time per step
     torch.utils.deterministic.fill_uninitialized_memory = False

@@ -78,9 +78,40 @@ def test_learned_selection_reattend_and_rank_order():
     assert torch.equal(c["gate"], a["gate"]) and not torch.allclose(c["fused"], a["fused"])
 
 
-def test_prediction_draw_is_one_per_clip_and_seed():
-    a, b = prediction_draws(7, 50, 5, 1, "cpu"), prediction_draws(7, 50, 5, 1, "cpu")
-    assert torch.equal(a, b) and not torch.equal(a, prediction_draws(8, 50, 5, 1, "cpu"))
+def test_prediction_draws_are_one_per_clip_and_seed():
+    random = config.load(resolve("exp043"), ["model.random_draws=2"])
+    a, b = prediction_draws(random, 7, 50, 5, "cpu"), prediction_draws(random, 7, 50, 5, "cpu")
+    assert list(a) == ["draw"] and a["draw"].shape == (2, 50, 5)
+    assert torch.equal(a["draw"], b["draw"]) and not torch.equal(a["draw"], prediction_draws(random, 8, 50, 5, "cpu")["draw"])
+    assert prediction_draws(config.load(resolve("exp042")), 7, 50, 5, "cpu") == {}  # learned selection: none
+    subsets = config.load(resolve("exp042"), ["model.encoder_dropout=0.3", "model.test_subsets=3"])
+    assert prediction_draws(subsets, 7, 50, 5, "cpu")["dropped"].shape == (3, 50, 5)
+
+
+def test_test_subsets_hide_encoders_at_prediction_only_where_asked():
+    model = net("learned", top_n="all", encoder_dropout=0.5).eval()
+    xs, avail = inputs()
+    dropped = torch.rand(avail.shape, generator=torch.Generator().manual_seed(4))
+    full, subset = model(xs, avail), model(xs, avail, dropped=dropped)
+    assert (full["gate"] > 0).all()  # no uniforms given: every available encoder, as before
+    kept = (dropped >= 0.5) | ~(dropped >= 0.5).any(1, keepdim=True)  # a clip losing all keeps all
+    assert torch.equal(subset["gate"] > 0, kept) and not kept.all()
+
+
+def test_test_subsets_average_predictions_and_leave_training_alone(shared_dataset):
+    from src.errors import UserError
+    ds = data.load(shared_dataset)
+    job = [(*ds.split(0), 5, 5)]
+    runs = {}
+    for k in (0, 4):
+        cfg = config.load(resolve("exp042"), ["train.epochs=2", "model.encoder_dropout=0.3", f"model.test_subsets={k}"])
+        runs[k] = fit_folds(ds, cfg, ds.encoders, job, torch.device("cpu"))[0]
+    (valid0, test0, state0, _), (valid4, test4, state4, _) = runs[0], runs[4]
+    assert all(torch.equal(v, state4[k]) for k, v in state0.items())  # the same trained model
+    assert not np.allclose(valid0["salience"], valid4["salience"])  # its predictions averaged over subsets
+    assert np.allclose(valid4["salience"].sum(1), 1, atol=1e-5)
+    with pytest.raises(UserError, match="model.test_subsets: 2 needs a fusion model with model.encoder_dropout"):
+        config.load(resolve("exp042"), ["model.test_subsets=2"])
 
 
 def record_batches(monkeypatch):

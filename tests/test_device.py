@@ -1,6 +1,8 @@
 """train.precision auto: bfloat16 only where the device multiplies it natively, decided from what the machine
 reports; the precision that ran is recorded with the run."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ import yaml
 
 from src import device
 
-from conftest import bfloat16, output_dir, run_cli, run_exp
+from conftest import ROOT, bfloat16, output_dir, run_cli, run_exp
 
 CPU = torch.device("cpu")
 
@@ -85,3 +87,11 @@ def test_run_records_the_precision_that_ran(shared_dataset):
 @bfloat16
 def test_auto_picks_bfloat16_where_this_cpu_has_it():
     assert device.native_bfloat16(CPU) and device.resolve_precision("auto", CPU) == "bfloat16"
+
+
+def test_configure_torch_turns_on_deterministic_kernels_without_importing_inductor():
+    """The flag is set directly: torch.use_deterministic_algorithms would import inductor (seconds per process)."""
+    code = ("import sys, torch; from src.device import configure_torch; configure_torch(1, torch.device('cpu')); "
+            "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]

@@ -88,10 +88,12 @@ class FusionNet(nn.Module):
 
         generator: draws of the random control in training; draw: float [B, E], the random control's
         priorities given by the caller (one fixed draw per clip at prediction); dropout_generator: encoder dropout;
-        dropped: float [B, E], encoder dropout's uniforms given by the caller (src/train/trainer.py: vmap takes no generator).
+        dropped: float [B, E], encoder dropout's uniforms given by the caller (src/train/trainer.py: vmap takes no
+        generator; at prediction, model.test_subsets: the clip's kept subset).
         """
         available = torch.where(available.any(1, keepdim=True), available, torch.ones_like(available))
-        if self.training and self.encoder_dropout > 0:
+        # in training; at prediction only where the caller gives the uniforms (model.test_subsets)
+        if self.encoder_dropout > 0 and (self.training or dropped is not None):
             if dropped is None:
                 dropped = torch.rand(available.shape, device="cpu",
                                      generator=generator if dropout_generator is None else dropout_generator)

@@ -108,6 +108,9 @@ class Model:
     # random selection at prediction: 1 = one fixed draw per clip and seed; k > 1 = the mean over k fixed
     # draws, a test-time ensemble of subsets (report it labelled as such, not as the control)
     random_draws: int = opt(1, POSITIVE)
+    # prediction: 0 = every available encoder once; k >= 1 = the mean over k fixed random subsets per clip, each
+    # hiding an encoder with probability encoder_dropout as in training (a test-time ensemble of kept subsets)
+    test_subsets: int = opt(0, Bounds(low=0))
     # one sub-run per n (true: n = 1..number of encoders; a list: those top_n values, resolved on the dataset),
     # one n chosen per outer fold on the other folds' OOF
     sweep_top_n: Union[bool, list[Union[int, Literal["all"]]]] = opt(False, Bounds(
@@ -255,6 +258,9 @@ def _build(cls, values: dict, where: str):
     if cls is Model and out.shared_dim % out.gate_heads:
         raise UserError(f"{where}.gate_heads: {out.gate_heads} does not divide {where}.shared_dim {out.shared_dim} "
                         "(multi-head attention splits it evenly)")
+    if cls is Model and out.test_subsets and not (out.name == "fusion" and out.encoder_dropout > 0):
+        raise UserError(f"{where}.test_subsets: {out.test_subsets} needs a fusion model with {where}.encoder_dropout "
+                        "> 0 (the subsets hide encoders at that rate)")
     return out
 
 

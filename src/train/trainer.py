@@ -16,7 +16,7 @@ import multiprocessing as mp
 import random
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ warnings.filterwarnings("ignore", message=".*batching rule for aten::kl_div")
 
 # One random stream per purpose, so arms that differ in one option (selection, CORAL, dropout, rank order)
 # share every other draw at the same seed: batch order, initial weights, dropout-layer masks.
-STREAMS = ("batches", "coral", "selection", "encoder_dropout", "init", "layers", "prediction_draws")
+STREAMS = ("batches", "coral", "selection", "encoder_dropout", "init", "layers", "prediction_draws", "test_subsets")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -69,10 +69,16 @@ def init_model(cfg, widths: list[int], seed: int, device, fixed=None):
     return build_model(cfg, widths, fixed).to(device)
 
 
-def prediction_draws(seed: int, n_rows: int, n_encoders: int, k: int, device) -> torch.Tensor:
-    """float [k, n_rows, E]: the random control's priorities per dataset row, the same in every fold model of a seed."""
-    g = torch.Generator().manual_seed(stream_seed(seed, "prediction_draws"))
-    return torch.rand((k, n_rows, n_encoders), generator=g).to(device)
+def prediction_draws(cfg, seed: int, n_rows: int, n_encoders: int, device) -> dict[str, torch.Tensor]:
+    """forward keyword -> float [k, n_rows, E] uniforms per dataset row, the same in every fold model of a seed:
+    the random control's priorities (draw) and model.test_subsets' kept subsets (dropped)."""
+    m, out = cfg.model, {}
+    for key, stream, k in (("draw", "prediction_draws", m.random_draws if m.selection == "random" else 0),
+                           ("dropped", "test_subsets", m.test_subsets)):
+        if m.name == "fusion" and k:
+            g = torch.Generator().manual_seed(stream_seed(seed, stream))
+            out[key] = torch.rand((k, n_rows, n_encoders), generator=g).to(device)
+    return out
 
 
 def prior_config(labels: np.ndarray, kind: str) -> int:
@@ -89,28 +95,31 @@ def prior_parts(config: int, n: int) -> dict:
 
 @dataclass
 class ModelInputs:
-    """One model's view of a StackedInputs: its standardisation, and the random control's prediction draws."""
+    """One model's view of a StackedInputs: its standardisation, and its prediction draws (prediction_draws)."""
     data: StackedInputs
     m: int
-    draws: torch.Tensor | None = None  # float [k draws, N, E]
+    draws: dict = field(default_factory=dict)  # forward keyword -> float [k, N, E]
 
     def batch(self, idx: torch.Tensor) -> tuple[list, torch.Tensor]:
         return self.data.gather_one(self.m, idx)
 
-    def draw(self, idx: torch.Tensor, k: int = 0):
-        return None if self.draws is None else self.draws[k][idx]
+    def passes(self) -> int:
+        return max([len(v) for v in self.draws.values()], default=1)
+
+    def draw(self, idx: torch.Tensor, k: int = 0) -> dict:
+        """The forward keywords of prediction pass k (each kind of draw cycles through its own k)."""
+        return {key: v[k % len(v)][idx] for key, v in self.draws.items()}
 
 
 def model_outputs(model, inp: ModelInputs, rows: np.ndarray, batch_size: int = 512) -> dict:
-    """Model outputs for rows -> dict of float arrays [len(rows), ...]; the mean over inp.draws' draws if any."""
+    """Model outputs for rows -> dict of float arrays [len(rows), ...]; the mean over inp's prediction passes."""
     model.eval()
     parts: dict[str, list] = {}
-    n_draws = 1 if inp.draws is None else len(inp.draws)
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             idx = torch.as_tensor(rows[i:i + batch_size], device=inp.data.device)
             xs, available = inp.batch(idx)
-            outs = [model.outputs(model(xs, available, draw=inp.draw(idx, k))) for k in range(n_draws)]
+            outs = [model.outputs(model(xs, available, **inp.draw(idx, k))) for k in range(inp.passes())]
             for k in outs[0]:
                 parts.setdefault(k, []).append(torch.stack([o[k] for o in outs]).mean(0).float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -124,7 +133,7 @@ def evaluate_loss(model, inp: ModelInputs, rows: np.ndarray, batch_size: int = 5
         for i in range(0, len(rows), batch_size):
             idx = torch.as_tensor(rows[i:i + batch_size], device=inp.data.device)
             xs, available = inp.batch(idx)
-            out = model(xs, available, draw=inp.draw(idx))
+            out = model(xs, available, draw=inp.draw(idx).get("draw"))  # every available encoder: no subsets
             total += float(model.loss(out, {k: v[idx] for k, v in inp.data.targets.items()})) * len(idx)
     return total / len(rows)
 
@@ -427,9 +436,8 @@ def fit_stack(ds: Dataset, cfg, encoders: list[str], jobs: list[tuple], device) 
     # CORAL targets: clips a model is not trained on (its validation fold and the test set), features only
     targets = [np.concatenate([va, ds.test_rows]) for _, va, _, _ in jobs]
     seeds = [seed for _, _, seed, _ in jobs]
-    random_control = m.name == "fusion" and m.selection == "random"
-    views = [ModelInputs(data, i, prediction_draws(d, data.n_rows, len(encoders), m.random_draws, device)
-                         if random_control else None) for i, (*_, d) in enumerate(jobs)]
+    views = [ModelInputs(data, i, prediction_draws(cfg, d, data.n_rows, len(encoders), device))
+             for i, (*_, d) in enumerate(jobs)]
     fixed, names = [None] * len(jobs), [None] * len(jobs)
     if m.name == "fusion" and m.selection == "fixed":
         # the control: each model keeps the n encoders with the highest mean gate of a learned-selection probe
@@ -484,7 +492,7 @@ def projections(model: FusionNet, inp: ModelInputs, rows) -> np.ndarray:
         model.eval()
         idx = torch.as_tensor(rows, device=inp.data.device)
         xs, available = inp.batch(idx)
-        proj = model(xs, available, draw=inp.draw(idx))["projections"]
+        proj = model(xs, available, **inp.draw(idx))["projections"]
         proj = torch.where(available.unsqueeze(-1), proj, float("nan"))
     return proj.cpu().numpy().astype(np.float16)
 
@@ -496,10 +504,8 @@ def predict_checkpoint(ckpt: dict, cfg, features: list[np.ndarray], present: lis
     data = StackedInputs(features, present, [list(zip(ckpt["mean"], ckpt["std"]))], cfg.model.name == "mlp", device)
     model = build_model(cfg, ckpt["widths"]).to(device)
     model.load_state_dict(ckpt["state_dict"])
-    draws = None
-    if cfg.model.name == "fusion" and cfg.model.selection == "random":
-        # the training run's draws were per dataset row with its test clips last: the same clips, same draws
-        total = max(ckpt["n_rows"], n)
-        draws = prediction_draws(ckpt["draw_seed"], total, len(ckpt["widths"]), cfg.model.random_draws,
-                                 device)[:, total - n:]
+    # the training run's draws were per dataset row with its test clips last: the same clips, same draws
+    total = max(ckpt["n_rows"], n)
+    draws = {k: v[:, total - n:] for k, v in prediction_draws(cfg, ckpt["draw_seed"], total, len(ckpt["widths"]),
+                                                              device).items()}
     return model_outputs(model, ModelInputs(data, 0, draws), np.arange(n))
