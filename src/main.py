@@ -9,7 +9,6 @@ import runpy
 import sys
 from pathlib import Path
 
-from src.analysis.report import write_report
 from src.errors import UserError, cli
 from src.run import pipeline
 from src.run.experiments import display_path, resolve
@@ -22,6 +21,8 @@ def run(exp_dir, argv=None) -> Path:
     plan = pipeline.plan_run(Path(exp_dir), pipeline.parse_args(argv))
     out = pipeline.execute(plan)
     if plan.cfg.model.name == "fusion":  # regenerable later with bash run.sh report
+        # imported here: training's worker processes import this module, and need no plotting or LightGBM
+        from src.analysis.report import write_report
         Log(out / "log.txt", quiet=plan.args.quiet)(
             f"report: {display_path(write_report(plan.exp_dir, plan.ds.root, plan.variant))}")
     return out

@@ -9,7 +9,7 @@ import torch
 from src import data
 from src.run import config
 from src.run.experiments import resolve
-from src.train.optim import StackedAdam
+from src.train.optim import StackedAdam, epoch_lrs
 from src.train.trainer import fit_folds
 
 from conftest import bfloat16, output_dir, run_exp
@@ -206,3 +206,19 @@ def test_stacked_adam_is_one_torch_adam_per_model():
                 p.grad = g[m].contiguous()
                 reference.step()
         assert torch.allclose(params["w"][m], p.detach(), atol=1e-7), m
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 40, 173])
+@pytest.mark.parametrize("lr", [1e-3, 3e-4, 0.1])
+def test_epoch_learning_rates_are_torch_optims_floats(epochs, lr):
+    """The cosine schedule written out gives CosineAnnealingLR's floats bit for bit (and a constant stays constant)."""
+    t = config.load(resolve("exp042"), [f"train.epochs={epochs}", f"train.lr={lr}", "train.schedule=cosine"]).train
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    expected = []
+    for _ in range(epochs):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert epoch_lrs(t) == expected and len(set(expected)) == epochs
+    assert epoch_lrs(replace(t, schedule="constant")) == [lr] * epochs

@@ -1,6 +1,8 @@
 """Adam over stacked parameters [M, ...] and the learning-rate schedule, as torch.optim computes them per model."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -53,13 +55,11 @@ def transposed_in_memory(stacked: torch.Tensor) -> torch.Tensor:
 
 
 def epoch_lrs(t) -> list[float]:
-    """The learning rate of every epoch: the floats torch.optim's CosineAnnealingLR (or a constant) gives."""
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=t.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t.epochs, 1)) if t.schedule == "cosine" else None
-    lrs = []
-    for _ in range(t.epochs):
-        lrs.append(opt.param_groups[0]["lr"])
-        if sched is not None:
-            opt.step()  # no gradients: nothing changes; keeps the scheduler's order check quiet
-            sched.step()
+    """The learning rate of every epoch: a constant, or the floats torch.optim's CosineAnnealingLR (T_max = epochs,
+    eta_min 0) gives by its recursive rule, written out because building a torch.optim optimiser imports
+    torch._dynamo, ~3 s in every process (tests/test_trainer.py compares the two)."""
+    lrs = [t.lr]
+    for e in range(1, t.epochs):
+        cosine = (1 + math.cos(math.pi * e / t.epochs)) / (1 + math.cos(math.pi * (e - 1) / t.epochs))
+        lrs.append(cosine * lrs[-1] if t.schedule == "cosine" else t.lr)
     return lrs
