@@ -108,7 +108,8 @@ def test_test_subsets_average_predictions_and_leave_training_alone(shared_datase
         runs[k] = fit_folds(ds, cfg, ds.encoders, job, torch.device("cpu"))[0]
     (valid0, test0, state0, _), (valid4, test4, state4, _) = runs[0], runs[4]
     assert all(torch.equal(v, state4[k]) for k, v in state0.items())  # the same trained model
-    assert not np.allclose(valid0["salience"], valid4["salience"])  # its predictions averaged over subsets
+    # its predictions, validation and test rows, averaged over subsets
+    assert not np.allclose(valid0["salience"], valid4["salience"]) and not np.allclose(test0["salience"], test4["salience"])
     assert np.allclose(valid4["salience"].sum(1), 1, atol=1e-5)
     with pytest.raises(UserError, match="model.test_subsets: 2 needs a fusion model with model.encoder_dropout"):
         config.load(resolve("exp042"), ["model.test_subsets=2"])

@@ -269,9 +269,10 @@ def test_sub_run_choice_for_a_fold_never_sees_that_folds_labels():
     assert results.choose_per_fold(parts | {"C": sharp}, labels, folds, dc)[0] == "C"
 
 
-@pytest.mark.parametrize("exp_id", ["exp043", "exp021"])
+@pytest.mark.parametrize("exp_id", ["exp043", "exp021", "exp054"])
 def test_predict_reproduces_a_runs_test_predictions(shared_dataset, exp_id):
-    """From the saved checkpoints alone (random selection, late fusion): the same test.csv and submission bytes."""
+    """From the saved checkpoints alone (random selection, late fusion, test-time subsets): the same test.csv and
+    submission bytes."""
     run_exp(exp_id, shared_dataset, "--smoke")
     out = output_dir(exp_id, shared_dataset, "--smoke")
     run_cli("src.run.predict", f"{exp_id}@smoke", "--input", shared_dataset)
