@@ -21,8 +21,6 @@ shift_actors.csv (one row per encoder and test actor, when test actors are known
 from __future__ import annotations
 
 import argparse
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightgbm as lgb
@@ -71,16 +69,12 @@ def cv_folds(groups: np.ndarray, is_test: np.ndarray, group_test: bool, n_splits
 
 def oof_scores(X: np.ndarray, y: np.ndarray, fold: np.ndarray, seed: int) -> np.ndarray:
     """float [N]: out-of-fold probability of being a test clip. X: float [N, D]; y: 0/1 [N]."""
-    def fit(k):
-        inside = fold == k
-        model = lgb.LGBMClassifier(**PARAMS, random_state=seed + int(k)).fit(X[~inside], y[~inside])
-        return inside, model.predict_proba(X[inside])[:, 1]
-
     out = np.empty(len(y))
-    # the folds side by side: each fit is one thread and LightGBM releases the GIL, so the result is the same
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-        for inside, proba in pool.map(fit, np.unique(fold)):
-            out[inside] = proba
+    for k in np.unique(fold):
+        inside = fold == k
+        model = lgb.LGBMClassifier(**PARAMS, random_state=seed + int(k))
+        model.fit(X[~inside], y[~inside])
+        out[inside] = model.predict_proba(X[inside])[:, 1]
     return out
 
 
