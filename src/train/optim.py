@@ -58,8 +58,9 @@ def epoch_lrs(t) -> list[float]:
     """The learning rate of every epoch: a constant, or the floats torch.optim's CosineAnnealingLR (T_max = epochs,
     eta_min 0) gives by its recursive rule, written out because building a torch.optim optimiser imports
     torch._dynamo, ~3 s in every process (tests/test_trainer.py compares the two)."""
+    if t.schedule == "constant":
+        return [t.lr] * t.epochs
     lrs = [t.lr]
     for e in range(1, t.epochs):
-        cosine = (1 + math.cos(math.pi * e / t.epochs)) / (1 + math.cos(math.pi * (e - 1) / t.epochs))
-        lrs.append(cosine * lrs[-1] if t.schedule == "cosine" else t.lr)
+        lrs.append((1 + math.cos(math.pi * e / t.epochs)) / (1 + math.cos(math.pi * (e - 1) / t.epochs)) * lrs[-1])
     return lrs
